@@ -1,0 +1,308 @@
+"""The one interface between the model and every bounded-memory policy.
+
+Contract (in the spirit of transformers' ``Cache.update``): each transformer layer owns one
+:class:`Memory`. The model
+
+* asks ``memory.view(query)`` what the current chunk attends to: keys already rotated to the
+  temporal positions the policy assigns, values, those positions, and the positions the current
+  chunk's own frames must take (policies with compact / online RoPE indexing move them);
+* on the cache-writing pass hands over the finished frames with ``memory.insert(k, v, start)``:
+  keys carry the spatial RoPE phase but *no temporal phase*, values as they are.
+
+The model never learns a policy's rule. Tensors are ``[batch, tokens, heads, head_dim]`` with
+``tokens = frames * tokens_per_frame`` in frame-major order. Policy metadata (spans, positions)
+lives on the host and depends only on frame indices, never on tensor values, so building a view
+needs no host-device synchronisation; the tensor work happens in preallocated device buffers.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from ..rope import WanRoPE
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What one memory slot represents: for plots, tests and ``fademem schedule``."""
+
+    mu: float  # represented temporal position (latent-frame index, may be fractional)
+    span: int  # number of latent frames summarised
+    position: float  # temporal position its key is rotated to in the current view
+    first: int = -1  # first latent frame covered (-1 where a policy does not track coverage)
+    kind: str = "frame"  # "frame", "merged", "anchor", "sink", "ema-long", ...
+
+
+@dataclass
+class ChunkQuery:
+    """What the current chunk tells its memory when it asks for a view."""
+
+    start: int  # absolute index of the chunk's first latent frame
+    num_frames: int
+    q: torch.Tensor | None = None  # [B, F*N, H, D] queries without temporal phase (needs_queries policies)
+    context_k: torch.Tensor | None = None  # this layer's cross-attention keys (prompt-aware policies)
+
+
+@dataclass
+class MemoryView:
+    """What the current chunk attends to, besides itself."""
+
+    k: torch.Tensor  # [B, S, H, D], temporal phase applied at ``positions``
+    v: torch.Tensor  # [B, S, H, D]
+    positions: tuple[float, ...]  # temporal position of each visible slot (slot order, not time order)
+    query_positions: tuple[float, ...]  # temporal position of each current-chunk frame
+    attn_mask: torch.Tensor | None = None  # optional bool/additive mask over [memory, chunk] keys
+
+    @property
+    def tokens(self) -> int:
+        return self.k.shape[1]
+
+
+def check_kv(k: torch.Tensor, v: torch.Tensor, tokens_per_frame: int, what: str = "insert") -> int:
+    """Validate a K/V pair; return the number of frames it holds."""
+    for name, t in (("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{what}: {name} must be a [batch, tokens, heads, head_dim] tensor, "
+                             f"got {getattr(t, 'shape', type(t))}")
+    if k.shape != v.shape:
+        raise ValueError(f"{what}: k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    if k.dtype != v.dtype:
+        raise ValueError(f"{what}: k and v dtypes differ: {k.dtype} vs {v.dtype}")
+    if k.device != v.device:
+        raise ValueError(f"{what}: k and v are on different devices: {k.device} vs {v.device}")
+    if k.shape[1] == 0 or k.shape[1] % tokens_per_frame:
+        raise ValueError(f"{what}: {k.shape[1]} tokens are not whole frames of {tokens_per_frame} tokens")
+    return k.shape[1] // tokens_per_frame
+
+
+class SlotStore:
+    """Preallocated K/V storage of ``capacity`` frame slots, allocated lazily on first write.
+
+    Slot order is physical, not temporal: attention is permutation invariant over keys once each
+    key carries its own temporal phase, so policies recycle freed slots instead of shifting data.
+    """
+
+    def __init__(self, capacity: int | None):
+        self.capacity = capacity  # None: grows by doubling (the unbounded reference)
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.n_tok = 0
+
+    @property
+    def allocated(self) -> int:
+        return 0 if self.k is None else self.k.shape[1]
+
+    def _alloc(self, like: torch.Tensor, slots: int) -> None:
+        b, _, h, d = like.shape
+        k = like.new_zeros((b, slots, self.n_tok, h, d))
+        v = like.new_zeros((b, slots, self.n_tok, h, d))
+        if self.k is not None:
+            n = self.k.shape[1]
+            k[:, :n].copy_(self.k)
+            v[:, :n].copy_(self.v)
+        self.k, self.v = k, v
+
+    def write(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: [B, n_tok, H, D] for one frame."""
+        if self.k is None:
+            self.n_tok = k.shape[1]
+            self._alloc(k, self.capacity or 8)
+        elif (k.shape[0], k.shape[2], k.shape[3]) != (self.k.shape[0], self.k.shape[3], self.k.shape[4]) \
+                or k.shape[1] != self.n_tok:
+            raise ValueError(f"insert: frame of shape {tuple(k.shape)} does not match stored frames "
+                             f"[{self.k.shape[0]}, {self.n_tok}, {self.k.shape[3]}, {self.k.shape[4]}]")
+        elif k.dtype != self.k.dtype or k.device != self.k.device:
+            raise ValueError(f"insert: got {k.dtype} on {k.device}, memory holds {self.k.dtype} on {self.k.device}")
+        if slot >= self.allocated:
+            if self.capacity is not None:
+                raise IndexError(f"slot {slot} outside capacity {self.capacity}")
+            self._alloc(k, max(2 * self.allocated, slot + 1))
+        self.k[:, slot].copy_(k)
+        self.v[:, slot].copy_(v)
+
+    def frames(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n slots as [B, n*n_tok, H, D] views (no copy)."""
+        b, _, t, h, d = self.k.shape
+        return self.k[:, :n].reshape(b, n * t, h, d), self.v[:, :n].reshape(b, n * t, h, d)
+
+    def nbytes(self) -> int:
+        return 0 if self.k is None else 2 * self.k.numel() * self.k.element_size()
+
+    def clear(self) -> None:
+        self.k = self.v = None
+        self.n_tok = 0
+
+
+@dataclass
+class Memory:
+    """Base class of every policy: a small dataclass whose fields are its knobs.
+
+    Subclasses set ``name`` (the registry key) and implement ``_insert_frame``, ``_layout`` and
+    ``entries``; the base class does validation, RoPE re-encoding and per-chunk view caching.
+    """
+
+    name: ClassVar[str] = ""
+    needs_queries: ClassVar[bool] = False  # view() wants ChunkQuery.q (Deep Forcing, OmniMem)
+    needs_context: ClassVar[bool] = False  # view() wants ChunkQuery.context_k (MemFlow)
+
+    rope: WanRoPE | None = field(default=None, repr=False, compare=False)
+    tokens_per_frame: int = field(default=0, repr=False, compare=False)
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.validate()
+        self._view_cache: tuple | None = None
+        self.frames_seen = 0  # latent frames inserted so far
+        self.reset()
+
+    def validate(self) -> None:
+        """Raise ValueError for knob values that make no sense. Subclasses extend."""
+
+    def bind(self, rope: WanRoPE, tokens_per_frame: int) -> Memory:
+        """Attach the model's RoPE and frame size (called by the model before first use)."""
+        if tokens_per_frame <= 0:
+            raise ValueError(f"tokens_per_frame must be positive, got {tokens_per_frame}")
+        if self.tokens_per_frame and self.tokens_per_frame != tokens_per_frame and self.frames_seen:
+            raise ValueError(f"memory holds frames of {self.tokens_per_frame} tokens, asked to bind "
+                             f"{tokens_per_frame}: reset() it first")
+        self.rope, self.tokens_per_frame = rope, tokens_per_frame
+        return self
+
+    def reset(self) -> None:
+        """Forget everything (a new video)."""
+        self.frames_seen = 0
+        self._view_cache = None
+
+    def knobs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("rope", "tokens_per_frame")}
+
+    def spec(self) -> str:
+        """A spec string that rebuilds this policy with ``build_memory``."""
+        defaults = type(self)()  # type: ignore[call-arg]
+        diff = {k: v for k, v in self.knobs().items() if getattr(defaults, k) != v}
+        return self.name + (":" + ",".join(f"{k}={v}" for k, v in diff.items()) if diff else "")
+
+    # -- the two calls the model makes ----------------------------------------------------------
+    def insert(self, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
+        """Hand over finished frames ``start .. start+F-1``: k without temporal phase, v as is."""
+        if self.rope is None:
+            raise RuntimeError(f"{self.name} memory is not bound to a model: call bind(rope, tokens_per_frame)")
+        n = check_kv(k, v, self.tokens_per_frame)
+        if start != self.frames_seen:
+            raise ValueError(f"{self.name}: frames must arrive in order; expected frame {self.frames_seen}, got {start}")
+        t = self.tokens_per_frame
+        for f in range(n):
+            self._insert_frame(k[:, f * t:(f + 1) * t], v[:, f * t:(f + 1) * t], start + f)
+            self.frames_seen += 1
+        self._view_cache = None
+
+    def view(self, query: ChunkQuery) -> MemoryView | None:
+        """What the chunk starting at ``query.start`` attends to; None when memory is empty.
+
+        Cached until the next insert, so the denoising steps of one chunk share one re-encoding.
+        """
+        if self.rope is None:
+            raise RuntimeError(f"{self.name} memory is not bound to a model: call bind(rope, tokens_per_frame)")
+        if query.start < self.frames_seen:
+            raise ValueError(f"{self.name}: chunk starts at frame {query.start} but memory already holds "
+                             f"{self.frames_seen} frames")
+        key = (query.start, query.num_frames)
+        if self._view_cache is not None and self._view_cache[0] == key and not self.needs_queries \
+                and not self.needs_context:
+            return self._view_cache[1]
+        out = self._view(query)
+        self._view_cache = (key, out)
+        return out
+
+    # -- what subclasses implement ----------------------------------------------------------------
+    def _insert_frame(self, k: torch.Tensor, v: torch.Tensor, index: int) -> None:
+        raise NotImplementedError
+
+    def _view(self, query: ChunkQuery) -> MemoryView | None:
+        raise NotImplementedError
+
+    def entries(self) -> list[Entry]:
+        """What the memory holds, oldest first (positions as for a chunk starting now)."""
+        raise NotImplementedError
+
+    # -- prompt switches (LongLive KV-recache) ---------------------------------------------------
+    def frame_slots(self) -> dict[int, tuple[SlotStore, int]]:
+        """Frames held individually (unmerged) that a prompt switch may recompute: frame -> (store, slot).
+
+        The default holds none, so a switch recomputes nothing; policies that keep recent frames
+        at full resolution override this.
+        """
+        return {}
+
+    def recache_frames(self, limit: int) -> list[int]:
+        """The frames a prompt switch should re-encode under the new prompt: the newest ``limit``
+        individually held frames, oldest first. The policy decides (e.g. sink frames keep old K/V)."""
+        held = sorted(self.frame_slots())
+        return held[-limit:] if limit > 0 else []
+
+    def replace(self, k: torch.Tensor, v: torch.Tensor, frames: list[int]) -> None:
+        """Overwrite the stored K/V of ``frames`` (k without temporal phase), after a recache pass."""
+        n = check_kv(k, v, self.tokens_per_frame, "replace")
+        if n != len(frames):
+            raise ValueError(f"replace: got {n} frames of K/V for {len(frames)} frame indices")
+        slots = self.frame_slots()
+        t = self.tokens_per_frame
+        for i, f in enumerate(frames):
+            if f not in slots:
+                raise ValueError(f"{self.name}: frame {f} is not held individually; held: {sorted(slots)}")
+            store, slot = slots[f]
+            store.write(slot, k[:, i * t:(i + 1) * t], v[:, i * t:(i + 1) * t])
+        self._view_cache = None
+
+    # -- helpers --------------------------------------------------------------------------------
+    def chunk_positions(self, query: ChunkQuery) -> tuple[float, ...]:
+        return tuple(float(query.start + i) for i in range(query.num_frames))
+
+    def rotated(self, k: torch.Tensor, positions: tuple[float, ...]) -> torch.Tensor:
+        """Re-encode stored keys (one position per frame slot) in float32, back to storage dtype."""
+        return self.rope.rotate_temporal(k, positions)
+
+    def nbytes(self) -> int:
+        """Device bytes held by stored K/V."""
+        return sum(s.nbytes() for s in self.__dict__.values() if isinstance(s, SlotStore))
+
+    # Host metadata attributes that, with every SlotStore attribute, make up the policy's state.
+    state_attrs: ClassVar[tuple[str, ...]] = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors plus small metadata; enough to resume a generation exactly."""
+        out: dict[str, Any] = {"spec": self.spec(), "frames_seen": self.frames_seen,
+                               "tokens_per_frame": self.tokens_per_frame}
+        for name, val in vars(self).items():
+            if isinstance(val, SlotStore):
+                out[name] = {"k": val.k, "v": val.v, "n_tok": val.n_tok}
+            elif isinstance(val, torch.Tensor):
+                out[name] = val
+        for name in self.state_attrs:
+            out[name] = copy.deepcopy(getattr(self, name))
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("spec") != self.spec():
+            raise ValueError(f"state was saved from memory '{state.get('spec')}', this is '{self.spec()}'")
+        self.reset()
+        self.frames_seen = int(state["frames_seen"])
+        self.tokens_per_frame = int(state["tokens_per_frame"]) or self.tokens_per_frame
+        for name, val in list(vars(self).items()):
+            if isinstance(val, SlotStore):
+                if name not in state:
+                    raise ValueError(f"state has no '{name}' buffer")
+                val.k, val.v, val.n_tok = state[name]["k"], state[name]["v"], state[name]["n_tok"]
+            elif isinstance(val, torch.Tensor) and name in state:
+                setattr(self, name, state[name])
+        for name in self.state_attrs:
+            if name not in state:
+                raise ValueError(f"state has no '{name}' entry")
+            setattr(self, name, copy.deepcopy(state[name]))
+        self._view_cache = None

@@ -1,0 +1,61 @@
+"""One memory per transformer layer, built from one spec (the model's ``memory`` argument)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..rope import WanRoPE
+from .base import Entry, Memory
+from .registry import build_memory
+
+
+class MemoryStack:
+    """A container of per-layer memories, like transformers' ``Cache`` holds its layers."""
+
+    def __init__(self, spec: str | Memory, num_layers: int):
+        if num_layers <= 0:
+            raise ValueError(f"num_layers must be positive, got {num_layers}")
+        self.layers: list[Memory] = [build_memory(spec) for _ in range(num_layers)]
+        self.spec = self.layers[0].spec()
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> Memory:
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    @property
+    def policy(self) -> Memory:
+        return self.layers[0]
+
+    @property
+    def frames_seen(self) -> int:
+        return self.layers[0].frames_seen
+
+    def bind(self, rope: WanRoPE, tokens_per_frame: int) -> MemoryStack:
+        for m in self.layers:
+            m.bind(rope, tokens_per_frame)
+        return self
+
+    def reset(self) -> None:
+        for m in self.layers:
+            m.reset()
+
+    def entries(self) -> list[Entry]:
+        return self.layers[0].entries()
+
+    def nbytes(self) -> int:
+        return sum(m.nbytes() for m in self.layers)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec, "layers": [m.state_dict() for m in self.layers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("spec") != self.spec or len(state.get("layers", ())) != len(self.layers):
+            raise ValueError(f"state is for '{state.get('spec')}' x{len(state.get('layers', ()))} layers, "
+                             f"this stack is '{self.spec}' x{len(self.layers)}")
+        for m, s in zip(self.layers, state["layers"]):
+            m.load_state_dict(s)
