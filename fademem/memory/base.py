@@ -142,7 +142,7 @@ class SlotStore:
 class Memory:
     """Base class of every policy: a small dataclass whose fields are its knobs.
 
-    Subclasses set ``name`` (the registry key) and implement ``_insert_frame``, ``_layout`` and
+    Subclasses set ``name`` (the registry key) and implement ``_insert_frame``, ``_view`` and
     ``entries``; the base class does validation, RoPE re-encoding and per-chunk view caching.
     """
 
@@ -281,9 +281,11 @@ class Memory:
                                "tokens_per_frame": self.tokens_per_frame}
         for name, val in vars(self).items():
             if isinstance(val, SlotStore):
-                out[name] = {"k": val.k, "v": val.v, "n_tok": val.n_tok}
+                # Clones: a saved state must not alias buffers the live memory keeps writing to.
+                out[name] = {"k": None if val.k is None else val.k.clone(),
+                             "v": None if val.v is None else val.v.clone(), "n_tok": val.n_tok}
             elif isinstance(val, torch.Tensor):
-                out[name] = val
+                out[name] = val.clone()
         for name in self.state_attrs:
             out[name] = copy.deepcopy(getattr(self, name))
         return out
@@ -298,9 +300,12 @@ class Memory:
             if isinstance(val, SlotStore):
                 if name not in state:
                     raise ValueError(f"state has no '{name}' buffer")
-                val.k, val.v, val.n_tok = state[name]["k"], state[name]["v"], state[name]["n_tok"]
+                k, v = state[name]["k"], state[name]["v"]
+                val.k = None if k is None else k.clone()
+                val.v = None if v is None else v.clone()
+                val.n_tok = state[name]["n_tok"]
             elif isinstance(val, torch.Tensor) and name in state:
-                setattr(self, name, state[name])
+                setattr(self, name, state[name].clone())
         for name in self.state_attrs:
             if name not in state:
                 raise ValueError(f"state has no '{name}' entry")
