@@ -401,7 +401,7 @@ class CausalWanModel(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, t, context, memory=None, start_frame: int = 0,
-                write_memory: bool = False, attn_mask=None) -> torch.Tensor:
+                write_memory: bool = False, attn_mask=None, positions=None) -> torch.Tensor:
         """Flow prediction v [B, out_dim, F, H, W] for latents x [B, in_dim, F, H, W].
 
         t: timesteps in [0, 1000], scalar / [B] / [B, F] (one per latent frame).
@@ -410,6 +410,9 @@ class CausalWanModel(nn.Module):
         ``attn_mask`` (None = bidirectional, bool [L, L] with True = attend, or a BlockMask).
         memory=MemoryStack: the chunk starting at ``start_frame`` attends to each layer's memory
         view plus itself (bidirectionally); ``write_memory`` hands its K/V to the memory afterwards.
+        positions: memory-free forwards only; explicit temporal positions, one per frame (a
+        sequence or a float tensor [F]) instead of start_frame.. -- training on memory-shaped
+        contexts whose frames are not contiguous.
         """
         if memory is None and write_memory:
             raise ValueError("write_memory=True needs a memory to write to")
@@ -421,8 +424,15 @@ class CausalWanModel(nn.Module):
             shape = tuple(attn_mask.shape[-2:])
             if shape != (n, n):
                 raise ValueError(f"attn_mask covers {shape} query/key tokens, the input has {n} tokens")
+        if positions is not None:
+            if memory is not None:
+                raise ValueError("positions are for memory-free forwards; with memory the policy assigns them")
+            count = positions.numel() if isinstance(positions, torch.Tensor) else len(positions)
+            if count != f:
+                raise ValueError(f"positions gives {count} temporal positions for {f} frames")
         if memory is None:
-            positions = tuple(float(start_frame + i) for i in range(f))
+            if positions is None:
+                positions = tuple(float(start_frame + i) for i in range(f))
             attend = partial(self._attend_plain, positions=positions, mask=attn_mask)
         else:
             self._bind(memory, h * w)
@@ -493,7 +503,7 @@ class CausalWanModel(nn.Module):
         k = self.rope.rotate_temporal(k_unrot, pos)
         v_all = v
         if attend_held:  # `held_slots` (every individually held frame) where a policy offers it
-            slots = getattr(mem, "held_slots", mem.frame_slots)()
+            slots = mem.held_slots()
             recached = set(frames)
             keep = [fr for fr in sorted(slots) if fr not in recached]
             if keep:

@@ -225,8 +225,6 @@ def test_recache_same_prompt_is_identity(model):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.skipif(not hasattr(MemoryStack("sink", 1)[0], "held_slots"),
-                    reason="sink memory lists no held_slots(): recache cannot see the sink frames")
 @torch.no_grad()
 def test_recache_sees_the_sink(model):
     x, _, text = inputs(frames=6, seed=10)

@@ -240,6 +240,14 @@ class Memory:
         """
         return {}
 
+    def held_slots(self) -> dict[int, tuple[SlotStore, int]]:
+        """Every frame held individually (recomputable or not), for the recache pass to attend to.
+
+        Defaults to ``frame_slots()``; policies whose held frames are not all recomputable
+        (e.g. sink frames) override it.
+        """
+        return self.frame_slots()
+
     def recache_frames(self, limit: int) -> list[int]:
         """The frames a prompt switch should re-encode under the new prompt: the newest ``limit``
         individually held frames, oldest first. The policy decides (e.g. sink frames keep old K/V)."""

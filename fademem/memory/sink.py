@@ -106,6 +106,10 @@ class SinkMemory(Memory):
         # Sink frames are never recomputed on a prompt switch (LongLive keeps their old K/V).
         return {f: (self.store, self._slot(f)) for f in self.recent_frames()}
 
+    def held_slots(self):
+        # The recache pass still attends to the sink (LongLive's global sink), it just keeps its K/V.
+        return {f: (self.store, self._slot(f)) for f in self._held()}
+
     def entries(self) -> list[Entry]:
         return [Entry(mu=float(f), span=1, position=self._position(f), first=f,
                       kind="sink" if f < self.sink else "frame") for f in self._held()]
