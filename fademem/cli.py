@@ -76,5 +76,37 @@ def spectrum(videos, out_dir, bands, max_lag, channels, size, stride, max_frames
     click.echo(f"wrote {paths['json']} and {len(paths['figures'])} figure(s) to {out_dir}")
 
 
+@main.command("schedule")
+@click.option("--budget", default=12, show_default=True, type=int, help="Entries, anchor included.")
+@click.option("--beta", default=0.3, show_default=True, type=float, help="Warp exponent in (0, 1].")
+@click.option("--steps", default=240, show_default=True, type=int, help="Latent frames to insert.")
+@click.option("--no-anchor", is_flag=True, help="Do not protect frame 0 as the global anchor.")
+@click.option("--preset", default="paper", show_default=True, type=click.Choice(["paper", "release"]))
+@click.option("--merge", default="weighted", show_default=True,
+              type=click.Choice(["weighted", "average", "nearest", "max"]))
+@click.option("--span-gamma", default=None, type=float, help="Merge weight exponent (default: preset's).")
+@click.option("--positions", default=None, type=click.Choice(["absolute", "compact"]),
+              help="Position mode for the table (default: preset's).")
+@click.option("--chunk", default=3, show_default=True, type=int, help="Frames per chunk (release timing).")
+@click.option("--json", "as_json", is_flag=True, help="Print the final memory as JSON [{mu, span}, ...].")
+@click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write the layout plot (PNG).")
+def schedule(budget, beta, steps, no_anchor, preset, merge, span_gamma, positions, chunk, as_json, plot):
+    """FadeMem's memory after STEPS frames (metadata only): mu is a 0-based latent frame index."""
+    import json
+
+    from fademem.schedule import format_table, plot_layout, simulate
+
+    try:
+        run = simulate(budget, beta, steps, anchor=not no_anchor, preset=preset, merge=merge,
+                       span_gamma=span_gamma, positions=positions, chunk=chunk, record=plot is not None)
+        if plot is not None:
+            plot_layout(run, plot)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(run.as_json()) if as_json else format_table(run))
+    if plot is not None and not as_json:
+        click.echo(f"wrote {plot}")
+
+
 if __name__ == "__main__":
     main()

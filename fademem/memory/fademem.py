@@ -1,0 +1,183 @@
+"""``fademem``: distance-aware consolidation of history into a fixed number of entries.
+
+FadeMem (paper Sec. 3.3, Algorithm 1) keeps one ordered memory of at most ``budget`` entries (the
+anchor included). Every finished latent frame enters as its own entry; when that overflows the
+budget, the adjacent pair closest in warped time ``(now - mu)**beta`` merges into one entry whose
+span is the sum and whose centre ``mu`` is the span-weighted mean. Near history stays frame by
+frame, far history fades into ever longer spans. Keys are stored without their temporal phase and
+re-encoded at each entry's position when attended. The rules of both presets (``paper``,
+``release``) and the compact layout live in ``fademem_schedule.py``, shared with ``fademem
+schedule``; this file only executes the schedule's decisions on tensors.
+
+Knobs: ``budget`` (entries, anchor included = history frames visible), ``beta`` in (0, 1],
+``anchor``, ``merge`` (``weighted`` span**span_gamma weights, ``average``, ``nearest`` = keep the
+entry nearer the present, ``max`` element-wise; mu/span update identically for all four),
+``preset``, ``positions`` (``absolute``: entries at mu, chunk at its true frames; ``compact``:
+the released 21-frame window once the chunk starts at frame >= 18, absolute before; None = the
+preset's: absolute for paper, compact for release), ``span_gamma`` (None = the preset's: 1 for
+paper, i.e. Algorithm 1's span weights, 0.5 for release).
+
+Release timing: the released model hands frames to the bank when the *next* chunk starts and
+measures their distances from that chunk's first frame. Here frames arrive through ``insert()``
+after the cache-writing pass, so ``insert(k, v, start)`` of F frames measures release distances
+from ``start + F`` (= ``frames_seen`` afterwards, the next chunk's first frame). The paper preset
+measures from the newest frame itself, one frame at a time.
+
+Storage: one ``SlotStore`` of ``budget`` slots. Because merge decisions depend only on metadata,
+the merge is planned before the new frame is written: the merged K/V go into one slot of the pair
+in place and the new frame goes into the slot that frees, so the live slots are always the prefix
+``0..len-1`` and a view reads them without a gather (the ``budget + 1``-th staging slot the new
+frame would otherwise need is never touched, so it is not allocated). Per frame the tensor work is
+at most one in-place slot-sized ``lerp_`` (float32 math for bf16) or ``maximum`` per buffer plus the
+frame write; no host-device sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+from . import fademem_schedule as fs
+from .base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
+from .registry import register
+
+
+@register
+@dataclass
+class FadeMemMemory(Memory):
+    """FadeMem: merge the adjacent pair closest in warped time into one span entry (Alg. 1)."""
+
+    name: ClassVar[str] = "fademem"
+
+    budget: int = 12
+    beta: float = 0.3
+    anchor: bool = True
+    merge: Literal["weighted", "average", "nearest", "max"] = "weighted"
+    preset: Literal["paper", "release"] = "paper"
+    positions: Literal["absolute", "compact"] | None = None
+    span_gamma: float | None = None
+
+    state_attrs: ClassVar[tuple[str, ...]] = ("schedule",)
+
+    # -- knobs ------------------------------------------------------------------------------------
+    @property
+    def position_mode(self) -> str:
+        if self.positions is not None:
+            return self.positions
+        return "compact" if self.preset == "release" else "absolute"
+
+    @property
+    def gamma(self) -> float:
+        if self.span_gamma is not None:
+            return float(self.span_gamma)
+        return 0.5 if self.preset == "release" else 1.0
+
+    def validate(self) -> None:
+        def bad(msg: str) -> ValueError:
+            return ValueError(f"fademem: {msg}")
+
+        if self.preset not in fs.PRESETS:
+            raise bad(f"preset must be one of {', '.join(fs.PRESETS)}; got {self.preset!r}")
+        if self.merge not in fs.MERGES:
+            raise bad(f"merge must be one of {', '.join(fs.MERGES)}; got {self.merge!r}")
+        if self.positions not in (None, "absolute", "compact"):
+            raise bad(f"positions must be absolute, compact or None; got {self.positions!r}")
+        if not isinstance(self.anchor, bool):
+            raise bad(f"anchor must be a bool, got {self.anchor!r}")
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int):
+            raise bad(f"budget must be an int, got {self.budget!r}")
+        need = fs.min_budget(self.preset, self.anchor)
+        if self.budget < need:
+            why = "the anchor and the newest entry are protected" if need == 3 else "the newest entry is protected"
+            raise bad(f"budget {self.budget} is too small: {why}, so preset {self.preset} with "
+                      f"anchor={self.anchor} needs budget >= {need} to ever merge")
+        if not isinstance(self.beta, (int, float)) or isinstance(self.beta, bool) or not 0.0 < self.beta <= 1.0:
+            raise bad(f"beta must be in (0, 1], got {self.beta!r}")
+        if self.span_gamma is not None and (isinstance(self.span_gamma, bool)
+                                            or not isinstance(self.span_gamma, (int, float))
+                                            or not 0.0 <= self.span_gamma < float("inf")):
+            raise bad(f"span_gamma must be a finite number >= 0 (or None), got {self.span_gamma!r}")
+        if self.position_mode == "compact" and self.budget > fs.max_compact_budget(self.anchor):
+            raise bad(f"budget {self.budget} does not fit the compact {fs.WINDOW}-frame layout: it has "
+                      f"{fs.FAR_GAPS} distinct gaps for older entries, so budget <= "
+                      f"{fs.max_compact_budget(self.anchor)} with anchor={self.anchor}")
+
+    def new_schedule(self) -> fs.Schedule:
+        """The metadata schedule this policy runs (also used by ``fademem schedule``)."""
+        return fs.Schedule(budget=self.budget, beta=float(self.beta), anchor=self.anchor,
+                           preset=self.preset, merge=self.merge, span_gamma=self.gamma)
+
+    def reset(self) -> None:
+        super().reset()
+        self.store = SlotStore(capacity=self.budget)
+        self.schedule = self.new_schedule()
+        self._chunk_end = 0
+
+    # -- writing ----------------------------------------------------------------------------------
+    def insert(self, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
+        # The release measures every frame of this call from the next chunk's first frame.
+        ok = isinstance(k, torch.Tensor) and k.dim() == 4 and self.tokens_per_frame > 0
+        n = k.shape[1] // self.tokens_per_frame if ok else 0
+        self._chunk_end = start + max(n, 1)
+        super().insert(k, v, start)
+
+    def _insert_frame(self, k: torch.Tensor, v: torch.Tensor, index: int) -> None:
+        if self.store.k is not None and (k.dtype != self.store.k.dtype or k.device != self.store.k.device):
+            raise ValueError(f"insert: got {k.dtype} on {k.device}, memory holds "
+                             f"{self.store.k.dtype} on {self.store.k.device}")
+        if self.store.k is not None and tuple(k.shape) != (self.store.k.shape[0], self.store.n_tok,
+                                                            *self.store.k.shape[3:]):
+            raise ValueError(f"insert: frame of shape {tuple(k.shape)} does not match stored frames")
+        step = self.schedule.add(index, max(self._chunk_end, index + 1))
+        if step.merge is not None:
+            self._merge(step.merge)
+        self.store.write(step.slot, k, v)
+
+    def _merge(self, m: fs.MergeOp) -> None:
+        """Tensor side of one merge, in place in slot ``m.a`` (= ``m.dst``): one slot-sized op per
+        buffer on the device, no sync."""
+        if m.op == "keep":
+            return  # nearest / released anchor: the kept slot already holds the result
+        for buf in (self.store.k, self.store.v):
+            a, b = buf[:, m.a], buf[:, m.b]
+            if m.op == "max":
+                torch.maximum(a, b, out=a)
+            else:  # wa*a + wb*b with wa + wb = 1; lerp computes half types in float32 (opmath)
+                a.lerp_(b, m.wb)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def _positions(self, start: int) -> tuple[list[float], float]:
+        """(position of each entry in temporal order, position of the chunk's first frame)."""
+        ents = self.schedule.entries
+        mus = [e.mu for e in ents]
+        if self.position_mode == "compact" and fs.use_window(len(ents), self.budget, start):
+            anchored = self.anchor and bool(ents) and ents[0].anchor
+            return [float(p) for p in fs.window_layout(mus, anchored, start, float(self.beta))], float(fs.CURRENT)
+        return mus, float(start)
+
+    def _view(self, query: ChunkQuery) -> MemoryView | None:
+        ents = self.schedule.entries
+        if not ents:
+            return None
+        pos, chunk0 = self._positions(query.start)
+        by_slot = [0.0] * len(ents)
+        for e, p in zip(ents, pos):
+            by_slot[e.slot] = p
+        k, v = self.store.frames(len(ents))
+        by_slot_t = tuple(by_slot)
+        return MemoryView(self.rotated(k, by_slot_t), v, by_slot_t,
+                          tuple(chunk0 + i for i in range(query.num_frames)))
+
+    def entries(self) -> list[Entry]:
+        ents = self.schedule.entries
+        pos, _ = self._positions(self.frames_seen)
+        return [Entry(mu=e.mu, span=e.span, position=p, first=e.first,
+                      kind="anchor" if e.anchor else ("frame" if e.span == 1 else "merged"))
+                for e, p in zip(ents, pos)]
+
+    def frame_slots(self) -> dict[int, tuple[SlotStore, int]]:
+        """Unmerged, non-anchor entries (a prompt switch recomputes these; the anchor keeps frame
+        0's K/V, and merged entries have no single frame to recompute)."""
+        return {e.first: (self.store, e.slot) for e in self.schedule.entries if e.span == 1 and not e.anchor}
