@@ -1,0 +1,473 @@
+"""Chunk-wise autoregressive sampling (Self-Forcing / LongLive / FadeMem inference).
+
+The video is generated in chunks of ``frames_per_chunk`` (3) latent frames. For each chunk:
+
+1. four denoising forwards at the warped timesteps (``fademem.sampling``); the memory is only
+   read. After each forward ``x0 = x_t - sigma * v``; before the next one the prediction is
+   re-noised with fresh noise, ``x = (1 - sigma_next) * x0 + sigma_next * noise``;
+2. one forward of the finished (clean) chunk at ``t = context_noise`` (0 by default) with
+   ``write_memory=True``: this pass writes the chunk's K/V into the memory. With
+   ``context_noise > 0`` the chunk is first re-noised to that level, as Self-Forcing trains it
+   (its released inference scripts pass the clean chunk with the timestep only; 0 makes both the same);
+3. the chunk is handed to the decoder (streaming: the decoder keeps its own state), checked for
+   NaN/inf (one host sync per chunk) and yielded.
+
+Prompt switches (LongLive's interactive mode): at a switch the new prompt gets a fresh text
+context (this is the cross-attention cache reset), then the policy names the held frames to
+re-encode (``memory.policy.recache_frames(limit=12)``; e.g. sink frames keep their old K/V) and
+``model.recache`` recomputes their K/V under the new prompt from their clean latents, which the
+pipeline keeps in a ring buffer of the last ``recache_limit`` latent frames. Held frames older
+than that buffer keep their K/V.
+
+Randomness: all noise is drawn on the CPU from ``torch.Generator``s seeded by ``seed`` and then
+moved, so a seed gives the same video on any device (up to kernel numerics). The initial noise
+of the video is drawn chunk by chunk (``initial_noise`` reproduces it); the re-noising draws come
+from a second generator, so passing one's own initial ``noise`` leaves them unchanged.
+
+The components are protocols, so the embedded pixel-space model (own text encoder, no VAE) and
+the real Wan2.1 stack (UMT5 + Wan VAE) plug in the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from .sampling import DEFAULT_SHIFT, DEFAULT_STEPS, FlowSchedule
+
+log = logging.getLogger(__name__)
+
+RECACHE_LIMIT = 12  # LongLive: recompute at most the last 12 latent frames on a prompt switch
+_STEP_SEED_OFFSET = 0x5DEECE66D  # second generator: re-noising draws
+
+
+# -- the component protocols ---------------------------------------------------------------------
+@runtime_checkable
+class TextEncoder(Protocol):
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> text states [B, L, text_dim]."""
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    fps: float
+
+    def reset(self) -> None:
+        """Start a new video."""
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Next latent frames [B, C, F, h, w] -> uint8 frames [B, T, H, W, 3] (streaming)."""
+
+
+class NonFiniteError(FloatingPointError):
+    """The sampler produced NaN or inf values."""
+
+
+@dataclass
+class Chunk:
+    """One finished chunk, as ``VideoPipeline.generate`` yields it."""
+
+    index: int  # chunk number (0-based)
+    start: int  # first latent frame
+    latents: torch.Tensor  # clean latents [B, C, F, h, w] (model device and dtype)
+    frames: torch.Tensor | None  # decoded uint8 frames [B, T, H, W, 3] on the CPU, None without decoder
+    prompts: list[str] = field(default_factory=list)  # the prompts in effect (one per batch item)
+    recached: list[int] = field(default_factory=list)  # frames re-encoded by a switch before this chunk
+
+    @property
+    def num_frames(self) -> int:
+        return self.latents.shape[2]
+
+    @property
+    def end(self) -> int:
+        """One past the last latent frame."""
+        return self.start + self.num_frames
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def latent_frames_for_seconds(seconds: float, fps: float = 16, temporal_stride: int = 4,
+                              frames_per_chunk: int = 3) -> int:
+    """Latent frames for a video of ``seconds``: video frames = fps * seconds (rounded up), latent
+    frames = ceil((frames + 3) / 4) (the causal VAE turns T latent frames into 4T - 3 video
+    frames), rounded up to whole chunks. 60 s at 16 fps: 960 frames -> 241 -> 243 latent frames
+    (969 video frames)."""
+    if not seconds > 0:
+        raise ValueError(f"seconds must be positive, got {seconds}")
+    frames = math.ceil(fps * seconds - 1e-9)
+    latent = math.ceil((frames + temporal_stride - 1) / temporal_stride)
+    return frames_per_chunk * math.ceil(latent / frames_per_chunk)
+
+
+def initial_noise(seed: int, shape: Sequence[int], frames_per_chunk: int = 3) -> torch.Tensor:
+    """The initial noise [B, C, F, h, w] that ``generate(seed=seed)`` draws (CPU, float32)."""
+    b, c, f, h, w = shape
+    g = torch.Generator(device="cpu").manual_seed(int(seed))
+    parts = [torch.randn((b, c, min(frames_per_chunk, f - s), h, w), generator=g)
+             for s in range(0, f, frames_per_chunk)]
+    return torch.cat(parts, dim=2)
+
+
+def _param(model) -> torch.Tensor | None:
+    try:
+        return next(model.parameters())
+    except (AttributeError, StopIteration, TypeError):
+        return None
+
+
+def _num_layers(model) -> int:
+    for obj in (model, getattr(model, "cfg", None), getattr(model, "config", None)):
+        n = getattr(obj, "num_layers", None)
+        if isinstance(n, int) and n > 0:
+            return n
+    blocks = getattr(model, "blocks", None)
+    if blocks is not None:
+        return len(blocks)
+    raise ValueError("cannot tell the model's number of layers (no cfg.num_layers, no blocks)")
+
+
+def _as_batch(prompts, batch: int | None = None, what: str = "prompts") -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts] * (batch or 1)
+    prompts = [str(p) for p in prompts]
+    if not prompts:
+        raise ValueError(f"{what}: need at least one prompt")
+    if batch is not None and len(prompts) != batch:
+        raise ValueError(f"{what}: got {len(prompts)} prompts for a batch of {batch}")
+    return prompts
+
+
+def plan_switches(switches, num_frames: int, frames_per_chunk: int, batch: int) -> list[tuple[int, list[str]]]:
+    """Validate ``[(latent_frame, prompt | prompts), ...]``: frames are rounded up to the next chunk
+    boundary (as LongLive switches at the first chunk that starts at or after the given frame),
+    must stay strictly increasing and inside the video (0 < frame < num_frames)."""
+    plan: list[tuple[int, list[str]]] = []
+    for item in switches or ():
+        try:
+            frame, prompt = item
+        except (TypeError, ValueError):
+            raise ValueError(f"a switch is a (latent_frame, prompt) pair, got {item!r}") from None
+        if isinstance(frame, bool) or not isinstance(frame, int | float) or frame != int(frame):
+            raise ValueError(f"switch frame must be an integer latent-frame index, got {frame!r}")
+        frame = int(frame)
+        at = frames_per_chunk * math.ceil(frame / frames_per_chunk)
+        if at != frame:
+            log.warning("prompt switch at latent frame %d moved to the chunk boundary %d", frame, at)
+        if frame <= 0:
+            raise ValueError(f"switch at latent frame {frame}: a prompt for frame 0 is the initial prompt")
+        if at >= num_frames:
+            raise ValueError(f"switch at latent frame {frame} (chunk boundary {at}) is not inside the video "
+                             f"of {num_frames} latent frames")
+        if plan and at <= plan[-1][0]:
+            raise ValueError(f"switch frames must be strictly increasing after rounding to chunk boundaries "
+                             f"of {frames_per_chunk}: {plan[-1][0]} then {at} (given {frame})")
+        plan.append((at, _as_batch(prompt, batch, what=f"switch at frame {frame}")))
+    return plan
+
+
+# -- the pipeline --------------------------------------------------------------------------------
+class VideoPipeline:
+    """Chunk-wise sampler over a causal DiT with a bounded memory.
+
+    model:         ``encode_text(states) -> context``; ``forward(x, t, context, memory=, start_frame=,
+                   write_memory=)`` -> flow v; ``recache(x_clean, context, memory, frames)``
+                   (only used with prompt switches); ``cfg.num_layers``.
+    text_encoder:  ``TextEncoder`` (prompts -> [B, L, text_dim]).
+    decoder:       ``Decoder`` or None (latents only).
+    """
+
+    def __init__(self, model, text_encoder: TextEncoder, decoder: Decoder | None = None, *,
+                 frames_per_chunk: int = 3, steps: Sequence[float] = DEFAULT_STEPS,
+                 shift: float = DEFAULT_SHIFT, context_noise: float = 0.0,
+                 recache_limit: int = RECACHE_LIMIT):
+        if frames_per_chunk <= 0:
+            raise ValueError(f"frames_per_chunk must be positive, got {frames_per_chunk}")
+        if not 0.0 <= context_noise < 1000.0:
+            raise ValueError(f"context_noise is a timestep in [0, 1000), got {context_noise}")
+        if recache_limit < 0:
+            raise ValueError(f"recache_limit must be >= 0, got {recache_limit}")
+        if not callable(getattr(text_encoder, "encode", None)):
+            raise TypeError("text_encoder must have encode(prompts) -> Tensor [B, L, text_dim]")
+        if decoder is not None and not (callable(getattr(decoder, "decode", None))
+                                        and callable(getattr(decoder, "reset", None))):
+            raise TypeError("decoder must have reset() and decode(latents) -> uint8 [B, T, H, W, 3]")
+        self.model = model
+        self.text_encoder = text_encoder
+        self.decoder = decoder
+        self.frames_per_chunk = frames_per_chunk
+        self.schedule = FlowSchedule(tuple(steps), shift)
+        self.context_noise = float(context_noise)
+        self.recache_limit = recache_limit
+        self.memory = None  # the MemoryStack of the last generate() call
+
+    @property
+    def fps(self) -> float:
+        return float(getattr(self.decoder, "fps", 16))
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        p = _param(self.model)
+        if p is None:
+            return torch.device("cpu"), torch.float32
+        return p.device, p.dtype
+
+    def _build_memory(self, memory):
+        from .memory import MemoryStack
+
+        if isinstance(memory, MemoryStack):
+            if len(memory) != _num_layers(self.model):
+                raise ValueError(f"memory stack has {len(memory)} layers, the model {_num_layers(self.model)}")
+            memory.reset()
+            return memory
+        return MemoryStack(memory, _num_layers(self.model))
+
+    def _context(self, states: torch.Tensor):
+        encode = getattr(self.model, "encode_text", None)
+        return encode(states) if callable(encode) else states
+
+    # -- sampling -------------------------------------------------------------------------------
+    def generate(self, prompts: str | Sequence[str], num_frames: int, memory="full", seed: int = 0,
+                 noise: torch.Tensor | None = None, switches=None, latent_shape: Sequence[int] = (16, 60, 104),
+                 progress: bool = True) -> Iterator[Chunk]:
+        """Yield each finished chunk (clean latents, and decoded frames when a decoder is set).
+
+        prompts:      one prompt or one per batch item.
+        num_frames:   latent frames; a whole number of chunks.
+        memory:       a memory spec ("full", "sink:...", "fademem:budget=12") or a MemoryStack (reset here).
+        noise:        optional initial noise [B, C, num_frames, h, w]; default: drawn from ``seed``.
+        switches:     [(latent_frame, prompt or prompts), ...]; see ``plan_switches``.
+        latent_shape: (C, h, w) of one latent frame.
+        """
+        prompts = _as_batch(prompts)
+        batch = len(prompts)
+        fpc = self.frames_per_chunk
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames <= 0:
+            raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
+        if num_frames % fpc:
+            raise ValueError(f"num_frames ({num_frames}) must be a multiple of frames_per_chunk ({fpc}); "
+                             f"use {fpc * math.ceil(num_frames / fpc)}")
+        c, h, w = (int(s) for s in latent_shape)
+        shape = (batch, c, num_frames, h, w)
+        if noise is not None:
+            if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != shape:
+                raise ValueError(f"noise must be a tensor of shape {list(shape)} [B, C, F, h, w], "
+                                 f"got {list(getattr(noise, 'shape', [])) or type(noise).__name__}")
+            if not noise.is_floating_point():
+                raise ValueError(f"noise must be floating point, got {noise.dtype}")
+        plan = plan_switches(switches, num_frames, fpc, batch)
+        stack = self._build_memory(memory)  # a bad spec fails here, not at the first chunk
+        return self._run(prompts, num_frames, stack, int(seed), noise, plan, shape, progress)
+
+    def _run(self, prompts, num_frames, stack, seed, noise, plan, shape, progress) -> Iterator[Chunk]:
+        batch, c, _, h, w = shape
+        fpc = self.frames_per_chunk
+        device, dtype = self._device_dtype()
+        g_init = torch.Generator(device="cpu").manual_seed(seed)
+        g_step = torch.Generator(device="cpu").manual_seed((seed + _STEP_SEED_OFFSET) % 2 ** 63)
+
+        def randn(n: int, g: torch.Generator) -> torch.Tensor:
+            return torch.randn((batch, c, n, h, w), generator=g).to(device=device, dtype=dtype)
+
+        # Encode every prompt up front (errors surface before any sampling); the text context
+        # (the per-prompt cross-attention cache) is built when its segment starts.
+        with torch.no_grad():
+            states = [self.text_encoder.encode(prompts)] + [self.text_encoder.encode(p) for _, p in plan]
+        for i, s in enumerate(states):
+            if not isinstance(s, torch.Tensor) or s.dim() != 3 or s.shape[0] != batch:
+                raise ValueError(f"text encoder returned {getattr(s, 'shape', type(s))} for "
+                                 f"{'the initial prompts' if i == 0 else f'switch {i}'}; expected [{batch}, L, D]")
+        self.memory = stack
+        if self.decoder is not None:
+            self.decoder.reset()
+        ring: deque[tuple[int, torch.Tensor]] = deque(maxlen=self.recache_limit)
+        with torch.no_grad():
+            ctx = self._context(states[0].to(device))
+        current = list(prompts)
+        next_switch = 0
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=num_frames // fpc, desc="chunks", unit="chunk")
+        try:
+            for index, start in enumerate(range(0, num_frames, fpc)):
+                recached: list[int] = []
+                with torch.no_grad():
+                    if next_switch < len(plan) and plan[next_switch][0] == start:
+                        current = plan[next_switch][1]
+                        next_switch += 1
+                        ctx = self._context(states[next_switch].to(device))
+                        recached = self._recache(stack, ring, ctx)
+                    x0 = self._denoise_chunk(stack, ctx, start, fpc, noise, g_init, g_step, randn, device, dtype)
+                    if not bool(torch.isfinite(x0).all()):  # the one host sync of the chunk
+                        raise NonFiniteError(
+                            f"chunk {index} (latent frames {start}-{start + fpc - 1}) contains NaN/inf after "
+                            f"denoising (model dtype {dtype}); the checkpoint or the memory may be broken, "
+                            "or try float32")
+                    self._write_memory(stack, ctx, x0, start, g_step, fpc, randn)
+                    if self.recache_limit:
+                        for f in range(fpc):
+                            ring.append((start + f, x0[:, :, f].clone()))
+                    frames = self.decoder.decode(x0) if self.decoder is not None else None
+                if bar is not None:
+                    bar.update(1)
+                yield Chunk(index, start, x0, frames, list(current), recached)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _denoise_chunk(self, stack, ctx, start, fpc, noise, g_init, g_step, randn, device, dtype):
+        sched = self.schedule
+        if noise is not None:
+            x = noise[:, :, start:start + fpc].to(device=device, dtype=dtype)
+        else:
+            x = randn(fpc, g_init)
+        batch = x.shape[0]
+        x0 = x
+        n = len(sched.timesteps)
+        for i, t in enumerate(sched.timesteps):
+            tt = torch.full((batch, fpc), t, device=device, dtype=torch.float32)
+            v = self.model(x, tt, ctx, memory=stack, start_frame=start, write_memory=False)
+            x0 = sched.x0_from_flow(x, v, sched.sigmas[i])
+            if i + 1 < n:
+                x = sched.add_noise(x0, randn(fpc, g_step), sched.sigmas[i + 1])
+        return x0
+
+    def _write_memory(self, stack, ctx, x0, start, g_step, fpc, randn) -> None:
+        batch = x0.shape[0]
+        x = x0
+        if self.context_noise > 0:
+            x = self.schedule.add_noise(x0, randn(fpc, g_step), self.context_noise / 1000.0)
+        tt = torch.full((batch, fpc), self.context_noise, device=x0.device, dtype=torch.float32)
+        self.model(x, tt, ctx, memory=stack, start_frame=start, write_memory=True)
+
+    def _recache(self, stack, ring, ctx) -> list[int]:
+        """Re-encode the policy's chosen held frames under the new prompt; returns those frames."""
+        if not self.recache_limit or stack.frames_seen == 0:
+            return []
+        frames = list(stack.policy.recache_frames(limit=self.recache_limit))
+        have = dict(ring)
+        missing = [f for f in frames if f not in have]
+        if missing:
+            log.info("prompt switch: frames %s are older than the last %d and keep their K/V",
+                     missing, self.recache_limit)
+            frames = [f for f in frames if f in have]
+        if not frames:
+            return []
+        x_clean = torch.stack([have[f] for f in frames], dim=2)
+        self.model.recache(x_clean, ctx, stack, frames)
+        return frames
+
+    # -- convenience ----------------------------------------------------------------------------
+    def generate_video(self, prompts: str | Sequence[str], num_frames: int, *, out, memory="full",
+                       seed: int = 0, noise: torch.Tensor | None = None, switches=None,
+                       latent_shape: Sequence[int] = (16, 60, 104), progress: bool = True,
+                       return_latents: bool = False):
+        """Generate and stream the decoded frames into mp4 file(s).
+
+        ``out``: a path, or one path per batch item; a single path with a batch of B > 1 becomes
+        ``<stem>_<i><suffix>``. Returns the list of paths written (and the clean latents
+        [B, C, F, h, w] on the CPU when ``return_latents``).
+        """
+        from .video_io import VideoWriter
+
+        if self.decoder is None:
+            raise ValueError("generate_video needs a decoder")
+        batch = len(_as_batch(prompts))
+        paths = _out_paths(out, batch)
+        latents = []
+        writers = [VideoWriter(p, fps=self.fps) for p in paths]
+        try:
+            for chunk in self.generate(prompts, num_frames, memory=memory, seed=seed, noise=noise,
+                                       switches=switches, latent_shape=latent_shape, progress=progress):
+                for b, wr in enumerate(writers):
+                    wr.write(chunk.frames[b].numpy())
+                if return_latents:
+                    latents.append(chunk.latents.cpu())
+        finally:
+            for wr in writers:
+                wr.close()
+        if return_latents:
+            return paths, torch.cat(latents, dim=2)
+        return paths
+
+
+def _out_paths(out, batch: int) -> list[str]:
+    if isinstance(out, (str, os.PathLike)):
+        out = os.fspath(out)
+        if batch == 1:
+            return [out]
+        stem, ext = os.path.splitext(out)
+        return [f"{stem}_{i}{ext or '.mp4'}" for i in range(batch)]
+    paths = [os.fspath(p) for p in out]
+    if len(paths) != batch:
+        raise ValueError(f"got {len(paths)} output paths for a batch of {batch}")
+    return paths
+
+
+# -- assembling the Wan2.1 stack -------------------------------------------------------------------
+def load_wan_pipeline(checkpoint, wan_dir, *, lora=(), config=None, device: str | torch.device = "cpu",
+                      dtype: torch.dtype = torch.float32, **pipeline_kw) -> VideoPipeline:
+    """A pipeline over a causal Wan checkpoint (any layout ``fademem.checkpoints`` reads, plus
+    LoRA files merged in order), the UMT5 text encoder and the Wan VAE of a Wan2.1 Diffusers
+    directory (``<wan_dir>/text_encoder``, ``<wan_dir>/tokenizer``, ``<wan_dir>/vae``).
+
+    Raises FileNotFoundError for missing files and ValueError (``CheckpointError`` included) for
+    parts that do not fit together.
+    """
+    from pathlib import Path
+
+    from .checkpoints import load_generator
+    from .text import UMT5TextEncoder
+    from .vae import WanVAEDecoder
+
+    ckpt = Path(checkpoint)
+    if not ckpt.exists():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    loras = [lora] if isinstance(lora, (str, os.PathLike)) else list(lora or ())
+    for p in loras:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"LoRA file not found: {p}")
+    wan = Path(wan_dir)
+    if not wan.is_dir():
+        raise FileNotFoundError(f"--wan-dir is not a directory: {wan} (expected the Wan2.1 Diffusers "
+                                "layout with text_encoder/, tokenizer/ and vae/)")
+    missing = [sub for sub in ("text_encoder", "tokenizer", "vae") if not (wan / sub).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{wan} lacks {', '.join(s + '/' for s in missing)} (expected the Wan2.1 "
+                                "Diffusers layout, e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
+    model = load_generator(ckpt, lora=loras or None, config=config, device=device, dtype=dtype)
+    cfg = getattr(model, "config", None)
+    text_len = int(getattr(cfg, "text_len", 512))
+    text = UMT5TextEncoder.from_pretrained(wan, device=device, dtype=dtype, max_length=text_len)
+    if cfg is not None and text.text_dim != cfg.text_dim:
+        raise ValueError(f"incompatible parts: the checkpoint expects text states of width {cfg.text_dim}, "
+                         f"the text encoder in {wan} gives {text.text_dim}")
+    vae = WanVAEDecoder.from_pretrained(wan, device=device, dtype=dtype)
+    if cfg is not None and not (cfg.in_dim == cfg.out_dim == vae.z_dim):
+        raise ValueError(f"incompatible parts: the checkpoint works on {cfg.in_dim}-channel latents "
+                         f"(out {cfg.out_dim}), the VAE in {wan} on {vae.z_dim}")
+    return VideoPipeline(model, text, vae, **pipeline_kw)
+
+
+def parse_switch(spec: str, fps: float = 16, temporal_stride: int = 4) -> tuple[int, str]:
+    """``"FRAME:PROMPT"`` (latent frame) or ``"SECONDSs:PROMPT"`` (e.g. ``"15s:a dog runs"``; video
+    frame fps*seconds, which lies in latent frame ceil(frame / 4)) -> (latent_frame, prompt)."""
+    head, sep, prompt = spec.partition(":")
+    head, prompt = head.strip(), prompt.strip()
+    if not sep or not head or not prompt:
+        raise ValueError(f"a switch is FRAME:PROMPT (latent frame) or SECONDSs:PROMPT, got {spec!r}")
+    try:
+        if head.lower().endswith("s"):
+            seconds = float(head[:-1])
+            if seconds < 0:
+                raise ValueError
+            return math.ceil(round(fps * seconds, 6) / temporal_stride), prompt
+        return int(head), prompt
+    except ValueError:
+        raise ValueError(f"switch {spec!r}: {head!r} is neither a latent frame index nor seconds like '15s'") from None
