@@ -337,6 +337,9 @@ def test_frame_slots_recache_and_state_dict():
     ents = mem.schedule.entries
     assert sorted(slots) == [e.first for e in ents if e.span == 1 and not e.anchor]
     assert 0 not in slots
+    held = mem.held_slots()
+    assert held == {**slots, 0: (mem.store, ents[0].slot)} and ents[0].span > 1
+    assert 0 not in bound("fademem:budget=4,anchor=false").held_slots()
     stack = MemoryStack(mem, 2).bind(WanRoPE(HEAD_DIM), TOK)
     k, v = frames(30)
     for layer in stack:

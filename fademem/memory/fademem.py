@@ -181,3 +181,12 @@ class FadeMemMemory(Memory):
         """Unmerged, non-anchor entries (a prompt switch recomputes these; the anchor keeps frame
         0's K/V, and merged entries have no single frame to recompute)."""
         return {e.first: (self.store, e.slot) for e in self.schedule.entries if e.span == 1 and not e.anchor}
+
+    def held_slots(self) -> dict[int, tuple[SlotStore, int]]:
+        """``frame_slots()`` plus the anchor: it holds frame 0's own K/V in both presets (the
+        released anchor too, whatever span it has absorbed), so a recache pass attends to it."""
+        held = self.frame_slots()
+        ents = self.schedule.entries
+        if ents and ents[0].anchor:
+            held[0] = (self.store, ents[0].slot)
+        return held
