@@ -114,5 +114,103 @@ def schedule(budget, beta, steps, no_anchor, preset, merge, span_gamma, position
         click.echo(f"wrote {plot}")
 
 
+@main.command("generate")
+@click.option("--prompt", default=None, help="Text prompt (one video).")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
+              help="File with one prompt per line (blank lines and '#' comments skipped): one video each, "
+                   "written to OUT with an index suffix (video_0.mp4, video_1.mp4, ...).")
+@click.option("--seconds", type=float, default=60.0, show_default=True,
+              help="Video length. 16 fps: frames = 16*seconds, latent frames = ceil((frames+3)/4) rounded "
+                   "up to whole chunks of 3 (60 s -> 243 latent frames -> 969 video frames).")
+@click.option("--memory", "memory_spec", default="fademem", show_default=True,
+              help="Memory policy spec, e.g. 'fademem:budget=12,beta=0.3', 'sink', 'full'.")
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="Causal Wan generator (Self-Forcing, CausVid, LongLive, Wan or diffusers layout).")
+@click.option("--lora", type=click.Path(), multiple=True, help="LoRA file merged into the generator (repeatable).")
+@click.option("--wan-dir", type=click.Path(), default=None,
+              help="Wan2.1 Diffusers directory with text_encoder/, tokenizer/ and vae/.")
+@click.option("--out", type=click.Path(dir_okay=False), default="video.mp4", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed for every video of a batch.")
+@click.option("--switch", "switch_specs", multiple=True, metavar="FRAME:PROMPT",
+              help="Prompt switch at a latent frame (or 'SECONDSs:PROMPT'); moved up to the next chunk "
+                   "boundary (multiple of 3). Repeatable, increasing.")
+@click.option("--device", default=None, help="Default: cuda if available, else cpu.")
+@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default=None,
+              help="Default: bfloat16 on GPU, float32 on CPU.")
+@click.option("--height", type=int, default=480, show_default=True)
+@click.option("--width", type=int, default=832, show_default=True)
+@click.option("--context-noise", type=float, default=0.0, show_default=True,
+              help="Timestep of the cache-writing pass (the clean chunk is re-noised to it).")
+def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_dir, out, seed, switch_specs,
+             device, dtype, height, width, context_noise):
+    """Generate long videos chunk by chunk under a fixed KV-memory budget."""
+    import os
+
+    import torch
+
+    from .pipeline import latent_frames_for_seconds, load_wan_pipeline, parse_switch
+
+    if (prompt is None) == (prompts_file is None):
+        raise click.UsageError("give exactly one of --prompt TEXT or --prompts FILE")
+    if prompts_file is not None:
+        if not os.path.isfile(prompts_file):
+            raise click.BadParameter(f"file not found: {prompts_file}", param_hint="--prompts")
+        with open(prompts_file, encoding="utf-8") as fh:
+            prompts = [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+        if not prompts:
+            raise click.BadParameter(f"no prompts in {prompts_file}", param_hint="--prompts")
+    else:
+        if not prompt.strip():
+            raise click.BadParameter("empty prompt", param_hint="--prompt")
+        prompts = [prompt]
+    if seconds <= 0:
+        raise click.BadParameter(f"must be positive, got {seconds}", param_hint="--seconds")
+    if height <= 0 or width <= 0 or height % 16 or width % 16:
+        raise click.BadParameter(f"height and width must be positive multiples of 16, got {height}x{width}",
+                                 param_hint="--height/--width")
+    try:
+        switches = [parse_switch(s) for s in switch_specs]
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--switch") from None
+    from .memory import parse_spec
+
+    try:
+        parse_spec(memory_spec)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--memory") from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or ("float32" if str(device) == "cpu" else "bfloat16")
+    torch_dtype = getattr(torch, dtype)
+    if checkpoint is None and wan_dir is None:
+        raise click.UsageError("no checkpoint given and no embedded model available "
+                               "(pass --checkpoint PATH and --wan-dir DIR)")
+    if checkpoint is None or wan_dir is None:
+        raise click.UsageError("--checkpoint and --wan-dir go together (the generator, and the Wan2.1 "
+                               "text encoder + VAE it runs with)")
+    out_dir = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(out_dir):
+        raise click.BadParameter(f"directory {out_dir} does not exist", param_hint="--out")
+    try:
+        pipe = load_wan_pipeline(checkpoint, wan_dir, lora=list(lora), device=device, dtype=torch_dtype,
+                                 context_noise=context_noise)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    num_frames = latent_frames_for_seconds(seconds, fps=pipe.fps)
+    latent_shape = (pipe.decoder.z_dim, height // 8, width // 8)
+    stem, ext = os.path.splitext(out)
+    paths = [out] if len(prompts) == 1 else [f"{stem}_{i}{ext or '.mp4'}" for i in range(len(prompts))]
+    click.echo(f"{num_frames} latent frames ({4 * num_frames - 3} video frames at {pipe.fps:g} fps), "
+               f"memory {memory_spec}, {device} {dtype}", err=True)
+    for i, (p, path) in enumerate(zip(prompts, paths)):
+        if len(prompts) > 1:
+            click.echo(f"[{i + 1}/{len(prompts)}] {p}", err=True)
+        try:
+            pipe.generate_video(p, num_frames, out=path, memory=memory_spec, seed=seed, switches=switches,
+                                latent_shape=latent_shape, progress=True)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(path)
+
+
 if __name__ == "__main__":
     main()

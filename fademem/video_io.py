@@ -126,3 +126,128 @@ def iter_video_frames(path, size=None, stride: int = 1, max_frames: int | None =
             raise ValueError(f"error while decoding {path}: {exc}") from exc
     finally:
         container.close()
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+class VideoWriter:
+    """Stream uint8 RGB frames into an H.264 mp4 (libx264, yuv420p) as they arrive.
+
+    ::
+
+        with VideoWriter("out.mp4", fps=16) as w:
+            for chunk in chunks:          # uint8 [T, H, W, 3] or [H, W, 3], numpy or torch
+                w.write(chunk)
+
+    The frame size is taken from the first frame; every later frame must match it. yuv420p needs
+    even sizes, so an odd height or width is padded by one replicated edge row / column.
+    Nothing is buffered beyond what the encoder holds; the file is complete after ``close()``.
+    """
+
+    def __init__(self, path, fps: float = 16, crf: int = 18, preset: str = "medium"):
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.path = os.fspath(path)
+        parent = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(parent):
+            raise ValueError(f"cannot write {self.path}: directory {parent} does not exist")
+        self.fps = fps
+        self.crf = crf
+        self.preset = preset
+        self.frames_written = 0
+        self._container = None
+        self._stream = None
+        self._size: tuple[int, int] | None = None  # (height, width) of the frames given
+        self._closed = False
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _open(self, height: int, width: int) -> None:
+        from fractions import Fraction
+
+        import av
+
+        self._container = av.open(self.path, mode="w")
+        rate = Fraction(self.fps).limit_denominator(1001)
+        stream = self._container.add_stream("libx264", rate=rate)
+        stream.width, stream.height = width + width % 2, height + height % 2
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(self.crf), "preset": self.preset}
+        self._stream = stream
+        self._size = (height, width)
+
+    def write(self, frames) -> None:
+        """Append one frame [H, W, 3] or a batch [T, H, W, 3] of uint8 RGB frames."""
+        import av
+
+        if self._closed:
+            raise ValueError(f"VideoWriter for {self.path} is closed")
+        if hasattr(frames, "detach"):  # torch tensor
+            frames = frames.detach().cpu().numpy()
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be [T, H, W, 3] or [H, W, 3] RGB, got shape {frames.shape}")
+        if frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8, got {frames.dtype}")
+        h, w = frames.shape[1:3]
+        if self._container is None:
+            self._open(h, w)
+        elif (h, w) != self._size:
+            raise ValueError(f"frame size {h}x{w} differs from the first frame's {self._size[0]}x{self._size[1]}")
+        if h % 2 or w % 2:
+            frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        for rgb in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+            self.frames_written += 1
+
+    def close(self) -> None:
+        """Flush the encoder and finish the file (idempotent). A writer that got no frame writes nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._container is None:
+            return
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+        finally:
+            self._container.close()
+
+
+class VideoInfo(tuple):
+    """(frames, fps, size) with size = (height, width); also available as attributes."""
+
+    __slots__ = ()
+
+    def __new__(cls, frames: int, fps: float | None, size: tuple[int, int]):
+        return super().__new__(cls, (frames, fps, size))
+
+    frames = property(lambda self: self[0])
+    fps = property(lambda self: self[1])
+    size = property(lambda self: self[2])
+
+
+def read_video_info(path) -> VideoInfo:
+    """Decode `path` fully and return (frames, fps, (height, width)): an exact frame count."""
+    import av
+
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate
+        n, size = 0, (stream.codec_context.height, stream.codec_context.width)
+        try:
+            for frame in container.decode(stream):
+                n += 1
+                size = (frame.height, frame.width)
+        except av.FFmpegError as exc:
+            raise ValueError(f"error while decoding {path}: {exc}") from exc
+    return VideoInfo(n, float(rate) if rate else None, size)
