@@ -212,5 +212,68 @@ def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_d
         click.echo(path)
 
 
+@main.group("bench")
+def bench() -> None:
+    """Benchmarks (speed, ...): each subcommand writes a JSON report."""
+
+
+@bench.command("speed")
+@click.option("--policies", default=",".join(("full", "window:budget=12", "sink:budget=12,sink=3", "memrope",
+                                               "fademem:budget=12")), show_default=True,
+              help="Memory specs, comma separated (a key=value after a comma continues the previous spec).")
+@click.option("--seconds", default=60.0, show_default=True, type=float, help="Video length (16 fps, 4 video frames per latent frame).")
+@click.option("--full-max-frames", default=120, show_default=True, type=int,
+              help="Cap (latent frames) for the unbounded 'full' policy; 0 = no cap.")
+@click.option("--config", "config_name", default="1.3b", show_default=True, type=click.Choice(["1.3b", "14b", "tiny"]))
+@click.option("--latent", default="16x60x104", show_default=True, help="Latent C x h x w (480x832 video: 16x60x104).")
+@click.option("--device", default="cuda", show_default=True)
+@click.option("--dtype", default="bfloat16", show_default=True, type=click.Choice(["bfloat16", "float16", "float32"]))
+@click.option("--warmup", default=3, show_default=True, type=int, help="Chunks left out of the steady-state statistics.")
+@click.option("--sdpa", default="auto", show_default=True, type=click.Choice(["auto", "cudnn", "flash", "efficient", "math"]),
+              help="SDPA backend for the policy sweep.")
+@click.option("--compile", "compile_mode", default="none", show_default=True,
+              type=click.Choice(["none", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"]),
+              help="Regional torch.compile of the memory-free block parts for the policy sweep.")
+@click.option("--variants", default="", help="Extra runs of --variant-policy, e.g. 'eager,sdpa=cudnn,sdpa=flash,"
+                                             "compile=default'; the first is the baseline for speed-ups.")
+@click.option("--variant-policy", default="fademem:budget=12", show_default=True)
+@click.option("--variant-seconds", default=15.0, show_default=True, type=float)
+@click.option("--time-budget", default=None, type=float, help="Seconds; later runs are skipped (and listed) once over.")
+@click.option("--no-peak", is_flag=True, help="Skip the 8192^3 matmul peak measurement.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON report; the plot goes next to it (.png).")
+@click.option("--plot/--no-plot", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def bench_speed(policies, seconds, full_max_frames, config_name, latent, device, dtype, warmup, sdpa, compile_mode,
+                variants, variant_policy, variant_seconds, time_budget, no_peak, seed, out, plot, progress):
+    """DiT speed per memory policy at equal visible context: latency, fps, memory, TFLOP/s vs video length."""
+    import os
+
+    from fademem.bench import speed as sp
+
+    try:
+        lat = tuple(int(v) for v in latent.lower().split("x"))
+        if len(lat) != 3 or min(lat) <= 0:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"expected CxHxW, got {latent!r}", param_hint="--latent") from None
+    try:
+        setup = sp.SpeedSetup(config=config_name, latent=lat, device=device, dtype=dtype, seed=seed, warmup=warmup,
+                              sdpa=sdpa, compile=compile_mode)
+        run = sp.SpeedRun(setup=setup, policies=sp.parse_list(policies), seconds=seconds,
+                          full_max_frames=full_max_frames or None, variants=sp.parse_list(variants),
+                          variant_policy=variant_policy, variant_seconds=variant_seconds, time_budget_s=time_budget,
+                          measure_peak=not no_peak, progress=progress)
+        report = sp.run_speed(run, log=click.echo)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    sp.write_json(report, out)
+    click.echo(sp.format_table(report))
+    click.echo(f"wrote {out}")
+    if plot:
+        png = sp.plot(report, os.path.splitext(out)[0] + ".png")
+        click.echo(f"wrote {png}")
+
+
 if __name__ == "__main__":
     main()
