@@ -34,7 +34,8 @@ def band_pairs(head_dim: int) -> tuple[int, int, int]:
 def inverse_frequencies(pairs: int, theta: float = 10000.0) -> torch.Tensor:
     """Wan's per-pair inverse frequencies for a band of ``pairs`` complex pairs (float64, CPU)."""
     dim = 2 * pairs
-    return 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    # Explicitly on the host: tables are built there even under a `with torch.device("cuda")` block.
+    return 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64, device="cpu") / dim)
 
 
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -77,7 +78,7 @@ class WanRoPE:
 
         def make():
             # Angles in float64 on the host (exact for any position), then one float32 copy.
-            ang = torch.tensor(list(positions), dtype=torch.float64)[:, None] * self.inv_t
+            ang = torch.tensor(list(positions), dtype=torch.float64, device="cpu")[:, None] * self.inv_t
             return ang.cos().float().to(device, non_blocking=True), ang.sin().float().to(device, non_blocking=True)
 
         return self._remember(("t", tuple(float(p) for p in positions), str(device)), make)
@@ -87,8 +88,8 @@ class WanRoPE:
         device = torch.device(device)
 
         def make():
-            ah = torch.arange(height, dtype=torch.float64)[:, None] * self.inv_h  # [h, Ph]
-            aw = torch.arange(width, dtype=torch.float64)[:, None] * self.inv_w  # [w, Pw]
+            ah = torch.arange(height, dtype=torch.float64, device="cpu")[:, None] * self.inv_h  # [h, Ph]
+            aw = torch.arange(width, dtype=torch.float64, device="cpu")[:, None] * self.inv_w  # [w, Pw]
             ang = torch.cat(
                 (ah[:, None, :].expand(height, width, -1), aw[None, :, :].expand(height, width, -1)), dim=-1
             ).reshape(height * width, -1)
@@ -145,7 +146,7 @@ class WanRoPE:
 
     def table(self, max_positions: int = 1024) -> torch.Tensor:
         """Wan's own complex128 table [max_positions, head_dim/2] (integer positions), for tests."""
-        parts = [torch.outer(torch.arange(max_positions, dtype=torch.float64), inv)
+        parts = [torch.outer(torch.arange(max_positions, dtype=torch.float64, device="cpu"), inv)
                  for inv in (self.inv_t, self.inv_h, self.inv_w)]
         ang = torch.cat(parts, dim=1)
         return torch.polar(torch.ones_like(ang), ang)

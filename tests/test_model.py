@@ -281,3 +281,19 @@ def test_bad_memory_and_mask(model):
     with pytest.raises(ValueError, match="sink"):
         sink_window_mask(6, 3, TPF, budget=2, sink=3)
     assert math.prod(block_causal_mask(2, 1, 3).shape) == 36
+
+
+@torch.no_grad()
+def test_model_built_under_a_device_context_keeps_rope_tables_on_the_host():
+    # Regression: `with torch.device("cuda"): CausalWanModel(cfg)` once put RoPE frequency tables
+    # on the device and every memory forward then mixed devices. "meta" stands in for the GPU here.
+    cfg = WanConfig.tiny()
+    with torch.device("meta"):
+        model = CausalWanModel(cfg)
+    assert model.rope.inv_t.device.type == "cpu"
+    x = torch.randn(1, cfg.in_dim, 3, 4, 4, device="meta")
+    ctx = model.encode_text(torch.randn(1, 8, cfg.text_dim, device="meta"))
+    stack = MemoryStack("fademem", cfg.num_layers)
+    for start in (0, 3):
+        out = model(x, torch.zeros(1, 3, device="meta"), ctx, memory=stack, start_frame=start, write_memory=True)
+    assert out.device.type == "meta"
