@@ -233,7 +233,7 @@ class VideoPipeline:
     # -- sampling -------------------------------------------------------------------------------
     def generate(self, prompts: str | Sequence[str], num_frames: int, memory="full", seed: int = 0,
                  noise: torch.Tensor | None = None, switches=None, latent_shape: Sequence[int] = (16, 60, 104),
-                 progress: bool = True) -> Iterator[Chunk]:
+                 progress: bool = True, prefix: torch.Tensor | None = None) -> Iterator[Chunk]:
         """Yield each finished chunk (clean latents, and decoded frames when a decoder is set).
 
         prompts:      one prompt or one per batch item.
@@ -242,6 +242,12 @@ class VideoPipeline:
         noise:        optional initial noise [B, C, num_frames, h, w]; default: drawn from ``seed``.
         switches:     [(latent_frame, prompt or prompts), ...]; see ``plan_switches``.
         latent_shape: (C, h, w) of one latent frame.
+        prefix:       optional clean latents [B, C, P, h, w], P a multiple of frames_per_chunk and at most
+                      num_frames: teacher forcing. The first P frames are not sampled but taken as given;
+                      each of their chunks goes through the same cache-writing forward as a generated one
+                      and is yielded like one. Their noise is still drawn, so the chunks after the prefix
+                      get the same noise as without it (a prefix equal to the model's own first P frames
+                      reproduces the unforced video).
         """
         prompts = _as_batch(prompts)
         batch = len(prompts)
@@ -259,11 +265,19 @@ class VideoPipeline:
                                  f"got {list(getattr(noise, 'shape', [])) or type(noise).__name__}")
             if not noise.is_floating_point():
                 raise ValueError(f"noise must be floating point, got {noise.dtype}")
+        if prefix is not None:
+            if (not isinstance(prefix, torch.Tensor) or prefix.dim() != 5 or not prefix.is_floating_point()
+                    or tuple(prefix.shape[:2]) != shape[:2] or tuple(prefix.shape[3:]) != shape[3:]):
+                raise ValueError(f"prefix must be floating-point latents [B, C, P, h, w] = [{batch}, {c}, P, {h}, "
+                                 f"{w}], got {list(getattr(prefix, 'shape', [])) or type(prefix).__name__}")
+            if prefix.shape[2] % fpc or prefix.shape[2] > num_frames:
+                raise ValueError(f"prefix has {prefix.shape[2]} frames: need a multiple of frames_per_chunk "
+                                 f"({fpc}) and at most num_frames ({num_frames})")
         plan = plan_switches(switches, num_frames, fpc, batch)
         stack = self._build_memory(memory)  # a bad spec fails here, not at the first chunk
-        return self._run(prompts, num_frames, stack, int(seed), noise, plan, shape, progress)
+        return self._run(prompts, num_frames, stack, int(seed), noise, plan, shape, progress, prefix)
 
-    def _run(self, prompts, num_frames, stack, seed, noise, plan, shape, progress) -> Iterator[Chunk]:
+    def _run(self, prompts, num_frames, stack, seed, noise, plan, shape, progress, prefix=None) -> Iterator[Chunk]:
         batch, c, _, h, w = shape
         fpc = self.frames_per_chunk
         device, dtype = self._device_dtype()
@@ -303,7 +317,13 @@ class VideoPipeline:
                         next_switch += 1
                         ctx = self._context(states[next_switch].to(device))
                         recached = self._recache(stack, ring, ctx)
-                    x0 = self._denoise_chunk(stack, ctx, start, fpc, noise, g_init, g_step, randn, device, dtype)
+                    if prefix is not None and start < prefix.shape[2]:  # teacher forcing
+                        x0 = prefix[:, :, start:start + fpc].to(device=device, dtype=dtype)
+                        # draw what sampling would have drawn, so later chunks get the same noise
+                        for g in ([g_init] if noise is None else []) + [g_step] * (len(self.schedule) - 1):
+                            torch.randn((batch, c, fpc, h, w), generator=g)
+                    else:
+                        x0 = self._denoise_chunk(stack, ctx, start, fpc, noise, g_init, g_step, randn, device, dtype)
                     if not bool(torch.isfinite(x0).all()):  # the one host sync of the chunk
                         raise NonFiniteError(
                             f"chunk {index} (latent frames {start}-{start + fpc - 1}) contains NaN/inf after "
