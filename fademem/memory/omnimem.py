@@ -1,0 +1,308 @@
+"""``omnimem``: explicit sparse KV retrieval over the whole history (OmniMem), training-free.
+
+OmniMem keeps the full-resolution history and lets every head of the current chunk retrieve its
+own top-k spatial blocks from it, besides a fully attended local window. The released method
+adds trained gates and a compression branch; this policy is the training-free retrieval rule
+inside one softmax:
+
+* **Blocks**: each latent frame's ``grid`` of tokens (``"30x52"`` at 480x832) is cut into
+  ``block_h x block_w`` blocks (default 15 x 2 = 30 tokens, 52 blocks per frame; a 2 x 15 block
+  does not divide the 52-token rows). ``grid="auto"`` means 30x52 and only fits 1560-token frames;
+  other frame sizes must name their grid. Frames are stored block-major (each block contiguous).
+  A block's key is the mean of its keys (spatial phase, no temporal phase), re-encoded at its
+  frame's position when scored, which equals the mean of the temporally rotated keys.
+* **Queries**: the current chunk's queries, rotated at the chunk's positions, are pooled in
+  groups of ``query_group`` consecutive tokens (mean; the last group may be shorter).
+* **Query-Shared Selection**: one selection per head shared by all query groups, by the score
+  summed over groups, ``sum_g qbar_g . kbar_b / sqrt(d)``; being linear in q, it is computed as
+  one dot product with the summed pooled query (exact). (OmniMem's project page shares one
+  selection inside each *group* of neighbouring queries; sharing across all groups keeps a dense
+  per-head view exact, which is what this contract can express.)
+* **Adaptive Window Exclusion**: the local window is the current chunk plus the previous
+  ``window_chunks - 1`` chunks (chunk size = the asking chunk's ``num_frames``); its history frames
+  are attended at full resolution and, with ``exclude_window`` (default), their blocks are not
+  candidates. Inside a single softmax a selected window block would only duplicate keys, so
+  "adaptive" reduces to: select ``min(topk, distant blocks)``. With ``exclude_window=False`` the
+  window blocks compete for the budget and a chosen one is masked out (the local bias the paper
+  removes).
+* **Per-head access**: the view's k/v are ``[B, W*T + k*block, H, D]`` where each head's selected
+  part holds *that head's* blocks (a per-head gather), each key rotated at its own frame index,
+  so dense SDPA over the view is exactly per-head sparse attention. ``MemoryView.positions`` lists
+  the window frames, then ``nan`` for each selected block (their frames differ per head).
+
+Positions are absolute (every key at its frame index, the chunk at its true frames).
+``offload=True`` keeps the full-resolution history on the host (pinned when CUDA is present) and
+copies only the window and the selected blocks to the device; the block keys stay on the device.
+Fetching host blocks needs the selected indices on the host: one device-to-host copy per view
+(the only sync; the released kernel reads mapped host memory instead). ``nbytes()`` reports device
+bytes, ``host_nbytes()`` the host history, which grows with the video in both modes' store.
+Prompt switches recompute held frames only without offload (``frame_slots``); block keys follow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ..rope import WanRoPE
+from .base import ChunkQuery, Entry, Memory, MemoryView, SlotStore, check_kv
+from .deepforcing import rotate_tokens
+from .registry import register
+from .window import check_int
+
+
+def parse_grid(policy: str, grid: str) -> tuple[int, int] | None:
+    if grid == "auto":
+        return None
+    try:
+        h, w = (int(x) for x in str(grid).lower().split("x"))
+        if h <= 0 or w <= 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{policy}: grid must be 'auto' or 'HxW' with positive H, W; got {grid!r}") from None
+    return h, w
+
+
+@register
+@dataclass
+class OmniMemMemory(Memory):
+    """OmniMem: per-head top-k spatial-block retrieval over the full history + local window."""
+
+    name: ClassVar[str] = "omnimem"
+    needs_queries: ClassVar[bool] = True
+
+    topk: int = 16
+    block_h: int = 15
+    block_w: int = 2
+    grid: str = "auto"
+    query_group: int = 15
+    window_chunks: int = 3
+    exclude_window: bool = True
+    offload: bool = False
+
+    state_attrs: ClassVar[tuple[str, ...]] = ("blocks",)
+
+    def validate(self) -> None:
+        n = self.name
+        for knob, lo in (("topk", 0), ("block_h", 1), ("block_w", 1), ("query_group", 1), ("window_chunks", 1)):
+            check_int(n, knob, getattr(self, knob), lo)
+        for knob in ("exclude_window", "offload"):
+            if not isinstance(getattr(self, knob), bool):
+                raise ValueError(f"{n}: {knob} must be a bool, got {getattr(self, knob)!r}")
+        self._check_grid(parse_grid(n, self.grid) or (30, 52))  # "auto" is 30x52
+
+    def _check_grid(self, g: tuple[int, int]) -> None:
+        if g[0] % self.block_h:
+            raise ValueError(f"{self.name}: block_h {self.block_h} does not divide the grid height {g[0]}")
+        if g[1] % self.block_w:
+            raise ValueError(f"{self.name}: block_w {self.block_w} does not divide the grid width {g[1]}")
+
+    def bind(self, rope: WanRoPE, tokens_per_frame: int) -> Memory:
+        g = parse_grid(self.name, self.grid)
+        if g is None:
+            if tokens_per_frame != 1560:
+                raise ValueError(f"{self.name}: grid='auto' means 30x52 (1560 tokens per frame); frames have "
+                                 f"{tokens_per_frame} tokens: set grid=HxW")
+            g = (30, 52)
+        if g[0] * g[1] != tokens_per_frame:
+            raise ValueError(f"{self.name}: grid {g[0]}x{g[1]} does not match {tokens_per_frame} tokens per frame")
+        self._check_grid(g)
+        super().bind(rope, tokens_per_frame)
+        gh, gw, bh, bw = g[0], g[1], self.block_h, self.block_w
+        self._perm = torch.arange(gh * gw).view(gh // bh, bh, gw // bw, bw).permute(0, 2, 1, 3).reshape(-1)
+        self._inv = torch.argsort(self._perm)
+        return self
+
+    @property
+    def block_tokens(self) -> int:
+        return self.block_h * self.block_w
+
+    @property
+    def blocks_per_frame(self) -> int:
+        return self.tokens_per_frame // self.block_tokens
+
+    def reset(self) -> None:
+        super().reset()
+        self.store = SlotStore(capacity=None)  # block-major frames; on the host with offload
+        self.blocks: torch.Tensor | None = None  # [B, cap * blocks_per_frame, H, D] float32 mean keys
+        self._win: tuple | None = None
+
+    # -- writing ----------------------------------------------------------------------------------
+    def _block_major(self, k: torch.Tensor) -> torch.Tensor:
+        return k.index_select(1, self._perm.to(k.device))
+
+    def _write(self, index: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        kb, vb = self._block_major(k), self._block_major(v)
+        if self.offload:
+            self._host_write(index, kb, vb)
+        else:
+            self.store.write(index, kb, vb)
+        b, _, h, d = k.shape
+        nb = self.blocks_per_frame
+        mean = kb.float().view(b, nb, self.block_tokens, h, d).mean(dim=2)
+        need = (index + 1) * nb
+        if self.blocks is None or self.blocks.shape[1] < need:
+            grown = mean.new_zeros((b, max(need, 2 * (0 if self.blocks is None else self.blocks.shape[1])), h, d))
+            if self.blocks is not None:
+                grown[:, :self.blocks.shape[1]].copy_(self.blocks)
+            self.blocks = grown
+        self.blocks[:, index * nb:need].copy_(mean)
+        self._win = None
+
+    def _host_write(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        s = self.store
+        if s.k is None or slot >= s.k.shape[1]:
+            b, t, h, d = k.shape
+            n = max(8, slot + 1, 2 * (0 if s.k is None else s.k.shape[1]))
+            pin = torch.cuda.is_available()
+            nk = torch.zeros((b, n, t, h, d), dtype=k.dtype, pin_memory=pin)
+            nv = torch.zeros((b, n, t, h, d), dtype=k.dtype, pin_memory=pin)
+            if s.k is not None:
+                nk[:, :s.k.shape[1]].copy_(s.k)
+                nv[:, :s.k.shape[1]].copy_(s.v)
+            s.k, s.v, s.n_tok = nk, nv, t
+        s.k[:, slot].copy_(k, non_blocking=True)
+        s.v[:, slot].copy_(v, non_blocking=True)
+
+    def _insert_frame(self, k: torch.Tensor, v: torch.Tensor, index: int) -> None:
+        self._write(index, k, v)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def window_frames(self, num_frames: int) -> range:
+        n = self.frames_seen
+        return range(max(0, n - (self.window_chunks - 1) * num_frames), n)
+
+    def _window(self, device: torch.device, win: range):
+        key = (self.frames_seen, win.start, str(device))
+        if self._win is None or self._win[0] != key:
+            b, _, t, h, d = self.store.k.shape
+            k = self.store.k[:, win.start:win.stop].reshape(b, len(win) * t, h, d)
+            v = self.store.v[:, win.start:win.stop].reshape(b, len(win) * t, h, d)
+            k, v = k.to(device, non_blocking=True), v.to(device, non_blocking=True)
+            self._win = (key, self.rotated(k, tuple(float(f) for f in win)), v)
+        return self._win[1], self._win[2]
+
+    def _pooled_query(self, query: ChunkQuery) -> torch.Tensor:
+        """Sum over query groups of the group-mean rotated query: [B, H, D] float32."""
+        q = self.rope.rotate_temporal(query.q, self.chunk_positions(query), out_dtype=torch.float32)
+        b, n, h, d = q.shape
+        g = self.query_group
+        groups = -(-n // g)
+        q = torch.nn.functional.pad(q, (0, 0, 0, 0, 0, groups * g - n)).view(b, groups, g, h, d).sum(2)
+        counts = (n - torch.arange(groups, device=q.device) * g).clamp(max=g).to(torch.float32)
+        return (q / counts[None, :, None, None]).sum(1)
+
+    def select(self, query: ChunkQuery) -> tuple[torch.Tensor, int]:
+        """Per-head selected block indices [B, H, k] (sorted) and the candidate frame count."""
+        win = self.window_frames(query.num_frames)
+        cand_frames = win.start if self.exclude_window else self.frames_seen
+        nc = cand_frames * self.blocks_per_frame
+        k = min(self.topk, nc)
+        kb = self.blocks[:, :nc]
+        kb = self.rope.rotate_temporal(kb, tuple(float(f) for f in range(cand_frames)))
+        qs = self._pooled_query(query)
+        scores = torch.einsum("bnhd,bhd->bhn", kb, qs) / math.sqrt(qs.shape[-1])
+        return torch.topk(scores, k, dim=2).indices.sort(dim=2).values, cand_frames
+
+    def _view(self, query: ChunkQuery) -> MemoryView | None:
+        n = self.frames_seen
+        if n == 0:
+            return None
+        device = self.blocks.device
+        win = self.window_frames(query.num_frames)
+        parts_k, parts_v = [], []
+        positions = [float(f) for f in win]
+        if len(win):
+            wk, wv = self._window(device, win)
+            parts_k.append(wk)
+            parts_v.append(wv)
+        mask = None
+        cand_frames = win.start if self.exclude_window else n
+        if query.q is not None and min(self.topk, cand_frames * self.blocks_per_frame) > 0:
+            idx, _ = self.select(query)  # [B, H, k]
+            sk, sv = self._gather(idx)
+            frame = torch.div(idx, self.blocks_per_frame, rounding_mode="floor")  # [B, H, k]
+            b, h, k = idx.shape
+            tb = self.block_tokens
+            pos = frame.permute(0, 2, 1)[:, :, None, :].expand(b, k, tb, h).reshape(b, k * tb, h)
+            parts_k.append(rotate_tokens(self.rope, sk, pos.to(torch.float32)))
+            parts_v.append(sv)
+            positions += [float("nan")] * k
+            if not self.exclude_window and len(win):
+                dup = (pos >= win.start).permute(0, 2, 1)  # [B, H, k*tb] selected inside the window
+                keep = torch.cat([torch.ones(b, h, len(win) * self.tokens_per_frame, dtype=torch.bool, device=device),
+                                  ~dup, torch.ones(b, h, query.num_frames * self.tokens_per_frame,
+                                                   dtype=torch.bool, device=device)], dim=2)
+                mask = keep[:, :, None, :]
+        if not parts_k:
+            return None
+        k = parts_k[0] if len(parts_k) == 1 else torch.cat([p.to(parts_k[0].dtype) for p in parts_k], dim=1)
+        v = parts_v[0] if len(parts_v) == 1 else torch.cat([p.to(parts_v[0].dtype) for p in parts_v], dim=1)
+        return MemoryView(k, v, tuple(positions), self.chunk_positions(query), mask)
+
+    def _gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each head's own blocks: [B, k*block, H, D] for k and v."""
+        b, h, k = idx.shape
+        tb = self.block_tokens
+        sk, sv = self.store.k, self.store.v  # [B, cap, T, H, D]
+        d = sk.shape[-1]
+        kb = sk.view(b, -1, tb, h, d)
+        vb = sv.view(b, -1, tb, h, d)
+        device = idx.device
+        if self.offload:
+            idx = idx.cpu()  # the host must know which blocks to copy (documented sync)
+        gi = idx.permute(0, 2, 1)[:, :, None, :, None].expand(b, k, tb, h, d)
+        out_k = kb.gather(1, gi).reshape(b, k * tb, h, d)
+        out_v = vb.gather(1, gi).reshape(b, k * tb, h, d)
+        if self.offload:
+            out_k, out_v = out_k.to(device, non_blocking=True), out_v.to(device, non_blocking=True)
+        return out_k, out_v
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    def entries(self) -> list[Entry]:
+        n = self.frames_seen
+        if n == 0:
+            return []
+        win = self.window_frames(3)
+        out = []
+        if win.start:
+            far = win.start
+            out.append(Entry(mu=(far - 1) / 2, span=far, position=float("nan"), first=0, kind="retrieved"))
+        out += [Entry(mu=float(f), span=1, position=float(f), first=f) for f in win]
+        return out
+
+    def frame_slots(self) -> dict[int, tuple[SlotStore, int]]:
+        if self.offload:
+            return {}
+        return {f: (self.store, f) for f in range(self.frames_seen)}
+
+    def replace(self, k: torch.Tensor, v: torch.Tensor, frames: list[int]) -> None:
+        n = check_kv(k, v, self.tokens_per_frame, "replace")
+        if n != len(frames):
+            raise ValueError(f"replace: got {n} frames of K/V for {len(frames)} frame indices")
+        held = self.frame_slots()
+        t = self.tokens_per_frame
+        for i, f in enumerate(frames):
+            if f not in held:
+                raise ValueError(f"{self.name}: frame {f} is not held individually on the device")
+            self._write(f, k[:, i * t:(i + 1) * t], v[:, i * t:(i + 1) * t])
+        self._view_cache = None
+
+    def nbytes(self) -> int:
+        dev = 0 if self.offload else self.store.nbytes()
+        if self.blocks is not None:
+            dev += self.blocks.numel() * self.blocks.element_size()
+        if self._win is not None:
+            dev += 2 * self._win[1].numel() * self._win[1].element_size()
+        return dev
+
+    def host_nbytes(self) -> int:
+        """Host bytes of the offloaded full-resolution history (0 without offload)."""
+        return self.store.nbytes() if self.offload else 0
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._win = None
