@@ -275,5 +275,65 @@ def bench_speed(policies, seconds, full_max_frames, config_name, latent, device,
         click.echo(f"wrote {png}")
 
 
+@bench.command("memory")
+@click.option("--policies", default="full,window,sink,memrope,fademem", show_default=True,
+              help="Policies: bare names get --budget history frames (memrope: recent=budget-5); specs with knobs "
+                   "(e.g. window:budget=6) run as given. A key=value after a comma continues the previous spec.")
+@click.option("--episodes", default=4, show_default=True, type=int,
+              help="Episodes: the 13 BENCHMARK_SCENES in order (or --scenes), then revisit_scene(seed+i).")
+@click.option("--budget", default=12, show_default=True, type=int, help="History latent frames per bounded policy.")
+@click.option("--seconds", default=40.0, show_default=True, type=float, help="Episode length (8 fps).")
+@click.option("--opening-seconds", default=6.0, show_default=True, type=float,
+              help="True opening, teacher-forced into the memory before generation.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--weights", default=None, type=click.Path(dir_okay=False),
+              help="Embedded-model file (default: the shipped fademem/assets/embedded.safetensors).")
+@click.option("--out", "out_dir", default="bench_memory", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder: memory.json, memory.png, memory.txt.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Episode i uses noise seed seed+i.")
+@click.option("--steps", default="1000,750,500,250", show_default=True, help="Nominal denoising timesteps.")
+@click.option("--batch", default=0, show_default=True, type=int,
+              help="Episodes per batch (0: all in one batch; the same grouping for every policy).")
+@click.option("--scenes", default="", help="Benchmark scene indices for the first episodes, e.g. '0,1,2,3'.")
+@click.option("--long-lag-seconds", default=8.0, show_default=True, type=float, help="'Long lag' threshold.")
+@click.option("--threads", default=None, type=int, help="torch.set_num_threads (CPU).")
+@click.option("--plot/--no-plot", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, dtype, weights, out_dir, seed, steps,
+                 batch, scenes, long_lag_seconds, threads, plot, progress):
+    """Long-memory quality vs ground truth: true opening, then generation; PSNR/SSIM by revisit lag."""
+    import os
+
+    import torch
+
+    from fademem.bench import memory as bm
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        step_list = tuple(float(v) for v in steps.split(",") if v.strip())
+        scene_list = [int(v) for v in scenes.split(",") if v.strip()] or None
+    except ValueError:
+        raise click.BadParameter("expected comma-separated numbers", param_hint="--steps/--scenes") from None
+    try:
+        run = bm.MemoryRun(policies=bm.parse_policies(policies), episodes=episodes, budget=budget, seconds=seconds,
+                           opening_seconds=opening_seconds, device=device, dtype=dtype, weights=weights, seed=seed,
+                           steps=step_list, batch=batch, scenes=scene_list, long_lag_seconds=long_lag_seconds,
+                           progress=progress)
+        bm.validate(run)
+        report = bm.run_memory(run, log=click.echo)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    os.makedirs(out_dir, exist_ok=True)
+    table = bm.format_table(report)
+    click.echo(f"wrote {bm.write_json(report, os.path.join(out_dir, 'memory.json'))}")
+    with open(os.path.join(out_dir, "memory.txt"), "w") as fh:
+        fh.write(table + "\n")
+    if plot:
+        click.echo(f"wrote {bm.plot(report, os.path.join(out_dir, 'memory.png'))}")
+    click.echo(table)
+
+
 if __name__ == "__main__":
     main()
