@@ -7,8 +7,14 @@ into a temporal, a height and a width band of ``c - 2(c//3), c//3, c//3`` pairs.
 Memories store keys with the spatial phase applied and the temporal phase removed, then ask for
 the temporal phase at whatever (possibly fractional) position their policy assigns. The bands
 act on disjoint pairs, so spatial and temporal rotations commute and can be applied separately.
-All angle math is float32 on the tensor's device; cos/sin tables for a position tuple are cached
-so the 30 layers of one chunk share one host-to-device transfer.
+Angles are computed in float64 on the host and cached as float32 cos/sin (or complex64) tables on
+the device, copied from pinned memory without a sync, so the 30 layers of one chunk share one
+transfer.
+
+The model's hot path uses :meth:`WanRoPE.freqs` + :func:`apply_rotary`: one complex64 table
+``[F, h*w, head_dim/2]`` holding the temporal phase of each frame and the spatial phase of each
+token, applied to q or k in a single float32 pass (``x.float()``, one complex multiply, one cast
+back). ``rotate_temporal`` / ``rotate_spatial`` stay for the memories and tests.
 """
 
 from __future__ import annotations
@@ -36,6 +42,35 @@ def inverse_frequencies(pairs: int, theta: float = 10000.0) -> torch.Tensor:
     dim = 2 * pairs
     # Explicitly on the host: tables are built there even under a `with torch.device("cuda")` block.
     return 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64, device="cpu") / dim)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor -> device without a host sync (pinned staging buffer, non-blocking copy)."""
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
+def apply_rotary(x: torch.Tensor, freqs: torch.Tensor, out: torch.Tensor | None = None,
+                 out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Rotate adjacent pairs of x [B, F*N, H, D] by a complex64 table ``freqs`` [F, N, D/2] (one
+    rotation per frame and token, all bands at once; F = 1 applies one table to every frame) in
+    float32; the result is written to ``out``
+    (any [B, F*N, H, D] tensor, e.g. the tail of an attention buffer) or returned in ``out_dtype``
+    (default x.dtype)."""
+    b, tokens, heads, d = x.shape
+    f, n, p = freqs.shape
+    if f == 1 and n and tokens % n == 0:  # one frame's table for every frame (spatial phase only)
+        f = tokens // n
+    if f * n != tokens or 2 * p != d:
+        raise ValueError(f"rotary table {tuple(freqs.shape)} does not fit x of shape {tuple(x.shape)}")
+    xc = torch.view_as_complex(x.float().view(b, f, n, heads, p, 2))
+    y = torch.view_as_real(xc * freqs[None, :, :, None, :]).view(b, tokens, heads, d)
+    if out is not None:
+        return out.copy_(y)
+    return y.to(out_dtype or x.dtype)
 
 
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -79,7 +114,7 @@ class WanRoPE:
         def make():
             # Angles in float64 on the host (exact for any position), then one float32 copy.
             ang = torch.tensor(list(positions), dtype=torch.float64, device="cpu")[:, None] * self.inv_t
-            return ang.cos().float().to(device, non_blocking=True), ang.sin().float().to(device, non_blocking=True)
+            return _to_device(ang.cos().float(), device), _to_device(ang.sin().float(), device)
 
         return self._remember(("t", tuple(float(p) for p in positions), str(device)), make)
 
@@ -93,9 +128,47 @@ class WanRoPE:
             ang = torch.cat(
                 (ah[:, None, :].expand(height, width, -1), aw[None, :, :].expand(height, width, -1)), dim=-1
             ).reshape(height * width, -1)
-            return ang.cos().float().to(device), ang.sin().float().to(device)
+            return _to_device(ang.cos().float(), device), _to_device(ang.sin().float(), device)
 
         return self._remember(("hw", height, width, str(device)), make)
+
+    def freqs(self, positions: Positions | None, height: int, width: int,
+              device: torch.device | str) -> torch.Tensor:
+        """Complex64 rotation table [F, h*w, head_dim/2] for :func:`apply_rotary`: the temporal
+        band at ``positions`` (one per frame; None = the spatial phase only, one frame) and the
+        height/width bands of an h x w grid. Cached per (positions, grid, device)."""
+        device = torch.device(device)
+        if isinstance(positions, torch.Tensor):  # uncached (training with tensor positions)
+            return self._freqs(positions, height, width, device)
+        pos = None if positions is None else tuple(float(p) for p in positions)
+        return self._remember(("3d", pos, height, width, str(device)),
+                              lambda: self._freqs(pos, height, width, device))
+
+    def _freqs(self, positions, height: int, width: int, device: torch.device) -> torch.Tensor:
+        hw = height * width
+        sc, ss = self.spatial_cos_sin(height, width, device)  # [hw, Ps] float32
+        spatial = torch.complex(sc, ss)
+        if positions is None:
+            temporal = torch.ones((1, self.t_pairs), dtype=torch.complex64, device=device)
+        else:
+            tc, ts = self.temporal_cos_sin(positions, device)  # [F, Pt]
+            temporal = torch.complex(tc, ts)
+        f = temporal.shape[0]
+        return torch.cat((temporal[:, None, :].expand(f, hw, -1), spatial[None].expand(f, hw, -1)), dim=-1)
+
+    def temporal_freqs(self, positions: Positions, device: torch.device | str) -> torch.Tensor:
+        """Complex64 table [F, 1, head_dim/2]: the temporal phase at ``positions``, identity on the
+        spatial bands (re-encoding stored keys in one pass with :func:`apply_rotary`)."""
+        device = torch.device(device)
+
+        def make():
+            tc, ts = self.temporal_cos_sin(positions, device)
+            ones = torch.ones((tc.shape[0], self.h_pairs + self.w_pairs), dtype=torch.complex64, device=device)
+            return torch.cat((torch.complex(tc, ts), ones), dim=-1)[:, None, :]
+
+        if isinstance(positions, torch.Tensor):
+            return make()
+        return self._remember(("tf", tuple(float(p) for p in positions), str(device)), make)
 
     # -- rotations ----------------------------------------------------------------------------
     def _check(self, x: torch.Tensor) -> None:
