@@ -16,6 +16,16 @@ Precision follows the reference Wan code: the sinusoidal time embedding is compu
 the time MLPs, modulation vectors, layer norms and the gated residual adds in float32 whatever
 the weights' dtype; the projections and attention run in the model dtype. Nothing in the
 per-layer path reads device values on the host.
+
+Hot path (per layer and forward): q and k are rotated once each, in float32, by one complex table
+``[F, h*w, head_dim/2]`` (temporal phase at the positions the memory assigns + spatial phase),
+cached per chunk and shared by all layers; the chunk's rotated keys and values are written into
+the tail of the memory view's attention buffer (the memory itself is copied there once per
+chunk), so attention runs over ``[memory, chunk]`` without a concatenation; the spatial-only keys
+a memory stores are computed on the cache-writing pass only. Elementwise float32 steps that follow
+a norm are single kernels writing the model dtype (``addcmul`` with an output of that dtype).
+Each block's dense parts (everything but ``attend``) take tensors only, so ``torch.compile`` can
+compile a block once for all layers; ``attend`` runs outside the compiled graph.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from .memory.base import ChunkQuery
-from .rope import WanRoPE
+from .rope import WanRoPE, apply_rotary
 
 # Replace with ``torch.compile(flex_attention)`` for fused kernels; the eager function works on
 # every device (CPU included) but materialises the score matrix.
@@ -109,19 +119,40 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([ang.cos(), ang.sin()], dim=-1)
 
 
+_F32_CACHE: dict[int, tuple] = {}
+
+
+def _f32(p: torch.Tensor | None) -> torch.Tensor | None:
+    """A float32 copy of a parameter, cached while the parameter is unchanged (inference only:
+    with autograd recording, the live ``p.float()`` keeps gradients flowing)."""
+    if p is None or p.dtype == torch.float32:
+        return p
+    if torch.is_grad_enabled() and p.requires_grad:
+        return p.float()
+    key = id(p)
+    hit = _F32_CACHE.get(key)
+    stamp = (p.data_ptr(), p._version, p.device, p.shape)
+    if hit is None or hit[0] is not p or hit[1] != stamp:
+        hit = (p, stamp, p.detach().float())
+        _F32_CACHE[key] = hit
+    return hit[2]
+
+
 def mlp32(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """Run a Linear/activation stack in float32 whatever the weights' dtype (Wan's time MLPs)."""
+    """Run a Linear/activation stack in float32 whatever the weights' dtype (Wan's time MLPs);
+    float32 copies of low-precision weights are cached between calls."""
     x = x.float()
     for m in seq:
         if isinstance(m, nn.Linear):
-            x = F.linear(x, m.weight.float(), None if m.bias is None else m.bias.float())
+            x = F.linear(x, _f32(m.weight), _f32(m.bias))
         else:
             x = m(x)
     return x
 
 
 class RMSNorm(nn.Module):
-    """Wan's RMSNorm over the full width: normalise in float32, then scale in the model dtype."""
+    """Wan's RMSNorm over the full width: normalise in float32, round to the input dtype, then
+    scale in the model dtype (``F.rms_norm`` computes in float32 for low-precision inputs)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -129,17 +160,21 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * self.weight
 
 
 class LayerNorm32(nn.LayerNorm):
     """LayerNorm computed in float32 (returns float32)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = None if self.weight is None else self.weight.float()
-        b = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
+        return F.layer_norm(x.float(), self.normalized_shape, _f32(self.weight), _f32(self.bias), self.eps)
+
+    def cast(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward(x).to(x.dtype)`` in one kernel: layer_norm computes low-precision inputs in
+        float32 (weights upcast exactly) and rounds once."""
+        if self.weight is not None and self.weight.dtype != x.dtype:
+            return self(x).to(x.dtype)
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
@@ -152,18 +187,29 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> t
     return out.transpose(1, 2).flatten(2)
 
 
-def modulate(x32: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x32: [B, F*N, D] float32; shift/scale: [B, F, 1, D], one vector per frame."""
+def modulate(x32: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x32 * (1 + scale) + shift in float32, returned in ``dtype`` (default float32).
+    x32: [B, F*N, D] float32; shift/scale: [B, F, 1, D], one vector per frame."""
     b, n, d = x32.shape
     f = shift.shape[1]
-    return (x32.view(b, f, n // f, d) * (1 + scale) + shift).view(b, n, d)
+    x4 = x32.view(b, f, n // f, d)
+    if torch.compiler.is_compiling() or dtype in (None, torch.float32):
+        return (x4 * (1 + scale) + shift).view(b, n, d).to(dtype or torch.float32)
+    out = torch.empty((b, n, d), dtype=dtype, device=x32.device)
+    torch.addcmul(shift, x4, 1 + scale, out=out.view(b, f, n // f, d))  # float32 math, one rounding
+    return out
 
 
 def gated_add(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """x + y * gate in float32 (gate per frame), back to x's dtype."""
+    """x + y * gate in float32 (gate per frame), back to x's dtype (one kernel in eager)."""
     b, n, d = x.shape
     f = gate.shape[1]
-    return (x.float() + (y.float().view(b, f, n // f, d) * gate).view(b, n, d)).to(x.dtype)
+    if torch.compiler.is_compiling() or x.dtype == torch.float32:
+        return (x.float() + (y.float().view(b, f, n // f, d) * gate).view(b, n, d)).to(x.dtype)
+    out = torch.empty_like(x)
+    torch.addcmul(x.view(b, f, n // f, d), y.view(b, f, n // f, d), gate, out=out.view(b, f, n // f, d))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,11 +277,16 @@ class Attention(nn.Module):
 
 
 class SelfAttention(Attention):
-    def forward(self, x: torch.Tensor, rope: WanRoPE, hw: tuple[int, int], attend) -> torch.Tensor:
-        q = rope.rotate_spatial(self.split(self.norm_q(self.q(x))), *hw)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised q, k and v [B, L, H, D], no RoPE phase yet (``attend`` applies it)."""
         k, v = self.project_kv(x)
-        k = rope.rotate_spatial(k, *hw)  # "k_unrot": spatial phase, no temporal phase
-        return self.o(attend(q, k, v))
+        return self.split(self.norm_q(self.q(x))), k, v
+
+
+@torch.compiler.disable
+def _call_attend(attend, q, k, v):
+    """Memory attention (RoPE, the policy's view, SDPA, memory writes) stays out of compiled graphs."""
+    return attend(q, k, v)
 
 
 class CrossAttention(Attention):
@@ -256,14 +307,16 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
-    def forward(self, x, e0, ctx_k, ctx_v, rope, hw, attend):
+    def forward(self, x, e0, ctx_k, ctx_v, attend):
+        """attend(q, k, v) -> [B, L, H*D]: q/k/v without RoPE phase (the model's memory attention)."""
         # e0: [B, F, 6, D] float32 -> six [B, F, 1, D] vectors, one per frame
         shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = \
             (self.modulation.float()[:, None] + e0).chunk(6, dim=2)
-        y = self.self_attn(modulate(self.norm1(x), shift_msa, scale_msa).to(x.dtype), rope, hw, attend)
+        q, k, v = self.self_attn(modulate(self.norm1(x), shift_msa, scale_msa, x.dtype))
+        y = self.self_attn.o(_call_attend(attend, q, k, v))
         x = gated_add(x, y, gate_msa)
-        x = x + self.cross_attn(self.norm3(x).to(x.dtype), ctx_k, ctx_v)
-        y = self.ffn(modulate(self.norm2(x), shift_ffn, scale_ffn).to(x.dtype))
+        x = x + self.cross_attn(self.norm3.cast(x), ctx_k, ctx_v)
+        y = self.ffn(modulate(self.norm2(x), shift_ffn, scale_ffn, x.dtype))
         return gated_add(x, y, gate_ffn)
 
 
@@ -276,7 +329,7 @@ class Head(nn.Module):
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         shift, scale = (self.modulation.float()[:, None] + e[:, :, None]).chunk(2, dim=2)
-        return self.head(modulate(self.norm(x), shift, scale).to(x.dtype))
+        return self.head(modulate(self.norm(x), shift, scale, x.dtype))
 
 
 @dataclass
@@ -385,7 +438,7 @@ class CausalWanModel(nn.Module):
     def _run(self, tokens, e, e0, ctx, grid, attend_for_layer, out_shape):
         f, h, w = grid
         for i, block in enumerate(self.blocks):
-            tokens = block(tokens, e0, ctx.k[i], ctx.v[i], self.rope, (h, w), partial(attend_for_layer, i))
+            tokens = block(tokens, e0, ctx.k[i], ctx.v[i], partial(attend_for_layer, i))
         y = self.head(tokens, e)  # [B, F*h*w, prod(patch) * out]
         _, ph, pw = self.config.patch_size
         b = y.shape[0]
@@ -433,37 +486,43 @@ class CausalWanModel(nn.Module):
         if memory is None:
             if positions is None:
                 positions = tuple(float(start_frame + i) for i in range(f))
-            attend = partial(self._attend_plain, positions=positions, mask=attn_mask)
+            attend = partial(self._attend_plain, positions=positions, mask=attn_mask, hw=(h, w))
         else:
             self._bind(memory, h * w)
             attend = partial(self._attend_memory, memory=memory, ctx=ctx, start=start_frame,
-                             num_frames=f, write=write_memory)
+                             num_frames=f, write=write_memory, hw=(h, w))
         out_shape = (x.shape[0], self.config.out_dim, *x.shape[2:])
         return self._run(tokens, e, e0, ctx, (f, h, w), attend, out_shape)
 
-    def _attend_plain(self, i, q, k, v, *, positions, mask):
-        q = self.rope.rotate_temporal(q, positions)
-        k = self.rope.rotate_temporal(k, positions)
-        return attention(q, k, v, mask)
+    def _attend_plain(self, i, q, k, v, *, positions, mask, hw):
+        freqs = self.rope.freqs(positions, *hw, q.device)
+        return attention(apply_rotary(q, freqs), apply_rotary(k, freqs), v, mask)
 
-    def _attend_memory(self, i, q, k_unrot, v, *, memory, ctx, start, num_frames, write):
+    def _attend_memory(self, i, q, k, v, *, memory, ctx, start, num_frames, write, hw):
         mem = memory[i]
-        view = mem.view(ChunkQuery(start=start, num_frames=num_frames,
-                                   q=q if mem.needs_queries else None,
+        rope = self.rope
+        q_query = None
+        if mem.needs_queries:  # ChunkQuery.q carries the spatial phase, no temporal phase
+            q_query = apply_rotary(q, rope.freqs(None, *hw, q.device))
+        view = mem.view(ChunkQuery(start=start, num_frames=num_frames, q=q_query,
                                    context_k=ctx.k[i] if mem.needs_context else None))
         pos = view.query_positions if view is not None else tuple(float(start + j) for j in range(num_frames))
-        qr = self.rope.rotate_temporal(q, pos)
-        k = self.rope.rotate_temporal(k_unrot, pos)
+        freqs = rope.freqs(pos, *hw, q.device)
+        qr = apply_rotary(q, freqs)
         mask = None
-        if view is not None:
-            k = torch.cat([view.k.to(k.dtype), k], dim=1)
+        if view is None:
+            k_all, v_all = apply_rotary(k, freqs), v
+        elif view.chunk_tokens == k.shape[1] and view.k_all.dtype == k.dtype:
+            apply_rotary(k, freqs, out=view.chunk_k)  # the chunk's keys and values go behind the memory
+            view.chunk_v.copy_(v)
+            k_all, v_all, mask = view.k_all, view.v_all, view.attn_mask
+        else:  # a view without room for this chunk
+            k_all = torch.cat([view.k.to(k.dtype), apply_rotary(k, freqs)], dim=1)
             v_all = torch.cat([view.v.to(v.dtype), v], dim=1)
             mask = view.attn_mask
-        else:
-            v_all = v
-        out = attention(qr, k, v_all, mask)
-        if write:
-            mem.insert(k_unrot, v, start)
+        out = attention(qr, k_all, v_all, mask)
+        if write:  # keys handed to the memory carry the spatial phase only
+            mem.insert(apply_rotary(k, rope.freqs(None, *hw, k.device)), v, start)
         return out
 
     # -- prompt switch (LongLive KV-recache) ------------------------------------------------------
@@ -492,15 +551,17 @@ class CausalWanModel(nn.Module):
             raise ValueError(f"recache: frames must be distinct and increasing, got {frames}")
         tokens, e, e0, ctx, (f, h, w) = self._embed(x_clean, t, context)
         self._bind(memory, h * w)
-        attend = partial(self._attend_recache, memory=memory, frames=frames, attend_held=attend_held)
+        attend = partial(self._attend_recache, memory=memory, frames=frames, attend_held=attend_held, hw=(h, w))
         out_shape = (x_clean.shape[0], self.config.out_dim, *x_clean.shape[2:])
         self._run(tokens, e, e0, ctx, (f, h, w), attend, out_shape)
 
-    def _attend_recache(self, i, q, k_unrot, v, *, memory, frames, attend_held):
+    def _attend_recache(self, i, q, k_raw, v, *, memory, frames, attend_held, hw):
         mem = memory[i]
         pos = tuple(float(fr) for fr in frames)
-        q = self.rope.rotate_temporal(q, pos)
-        k = self.rope.rotate_temporal(k_unrot, pos)
+        freqs = self.rope.freqs(pos, *hw, q.device)
+        q = apply_rotary(q, freqs)
+        k = apply_rotary(k_raw, freqs)
+        k_unrot = apply_rotary(k_raw, self.rope.freqs(None, *hw, k_raw.device))
         v_all = v
         if attend_held:  # `held_slots` (every individually held frame) where a policy offers it
             slots = mem.held_slots()

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..rope import WanRoPE
+from ..rope import WanRoPE, apply_rotary
 
 
 @dataclass(frozen=True)
@@ -50,17 +50,62 @@ class ChunkQuery:
 
 @dataclass
 class MemoryView:
-    """What the current chunk attends to, besides itself."""
+    """What the current chunk attends to, besides itself.
+
+    ``k``/``v`` are the memory's keys and values. Views handed to the model by ``Memory.view``
+    also own attention buffers ``k_all``/``v_all`` [B, S + T, H, D] whose first S tokens *are*
+    ``k``/``v`` (``k = k_all[:, :S]``) and whose last T tokens are room for the current chunk: the
+    model writes the chunk's rotated keys and values into ``chunk_k``/``chunk_v`` on every forward
+    and attends over the whole buffer, so the memory is copied once per chunk, not per forward.
+    """
 
     k: torch.Tensor  # [B, S, H, D], temporal phase applied at ``positions``
     v: torch.Tensor  # [B, S, H, D]
     positions: tuple[float, ...]  # temporal position of each visible slot (slot order, not time order)
     query_positions: tuple[float, ...]  # temporal position of each current-chunk frame
     attn_mask: torch.Tensor | None = None  # optional bool/additive mask over [memory, chunk] keys
+    k_all: torch.Tensor | None = field(default=None, repr=False)  # [B, S + T, H, D]; k_all[:, :S] is k
+    v_all: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def tokens(self) -> int:
         return self.k.shape[1]
+
+    @property
+    def chunk_tokens(self) -> int:
+        """Room for current-chunk tokens in the attention buffers (0 without buffers)."""
+        return 0 if self.k_all is None else self.k_all.shape[1] - self.k.shape[1]
+
+    @property
+    def chunk_k(self) -> torch.Tensor:
+        return self.k_all[:, self.tokens:]
+
+    @property
+    def chunk_v(self) -> torch.Tensor:
+        return self.v_all[:, self.tokens:]
+
+    def with_buffers(self, chunk_tokens: int, dtype: torch.dtype | None = None) -> MemoryView:
+        """This view with attention buffers of ``chunk_tokens`` spare tokens (dtype: the keys' by
+        default). A prefix view of a buffer that already has the room (``Memory.rotated`` makes
+        its keys that way) is adopted without a copy; anything else is copied in once."""
+        dtype = dtype or self.k.dtype
+        k_all, v_all = _buffer_of(self.k, chunk_tokens, dtype), _buffer_of(self.v, chunk_tokens, dtype)
+        return dataclasses.replace(self, k=k_all[:, :self.tokens], v=v_all[:, :self.tokens],
+                                   k_all=k_all, v_all=v_all)
+
+
+def _buffer_of(t: torch.Tensor, extra: int, dtype: torch.dtype) -> torch.Tensor:
+    """A [B, S + extra, H, D] tensor whose first S tokens hold ``t`` [B, S, H, D]."""
+    base = t._base
+    if (base is not None and base.dtype == dtype == t.dtype and base.dim() == 4
+            and base.shape[0] == t.shape[0] and base.shape[2:] == t.shape[2:]
+            and base.shape[1] == t.shape[1] + extra and t.data_ptr() == base.data_ptr()
+            and t.stride() == base.stride()):
+        return base
+    b, s, h, d = t.shape
+    buf = torch.empty((b, s + extra, h, d), dtype=dtype, device=t.device)
+    buf[:, :s].copy_(t)
+    return buf
 
 
 def check_kv(k: torch.Tensor, v: torch.Tensor, tokens_per_frame: int, what: str = "insert") -> int:
@@ -216,7 +261,14 @@ class Memory:
         if self._view_cache is not None and self._view_cache[0] == key and not self.needs_queries \
                 and not self.needs_context:
             return self._view_cache[1]
-        out = self._view(query)
+        # Keys re-encoded by `rotated()` land in a buffer with room for the chunk behind them.
+        self._chunk_room = query.num_frames * self.tokens_per_frame
+        try:
+            out = self._view(query)
+        finally:
+            self._chunk_room = 0
+        if out is not None:
+            out = out.with_buffers(query.num_frames * self.tokens_per_frame)
         self._view_cache = (key, out)
         return out
 
@@ -273,8 +325,19 @@ class Memory:
         return tuple(float(query.start + i) for i in range(query.num_frames))
 
     def rotated(self, k: torch.Tensor, positions: tuple[float, ...]) -> torch.Tensor:
-        """Re-encode stored keys (one position per frame slot) in float32, back to storage dtype."""
-        return self.rope.rotate_temporal(k, positions)
+        """Re-encode stored keys (one position per frame slot) in float32, back to storage dtype.
+
+        Inside ``view()`` the result is the prefix of an attention buffer with room for the
+        current chunk (``MemoryView.with_buffers`` adopts it without a copy)."""
+        if not positions or k.dim() != 4 or k.shape[1] % len(positions):
+            return self.rope.rotate_temporal(k, positions)  # raises the usual ValueError
+        b, s, h, d = k.shape
+        room = getattr(self, "_chunk_room", 0)
+        buf = torch.empty((b, s + room, h, d), dtype=k.dtype, device=k.device)
+        out = buf[:, :s]
+        apply_rotary(k, self.rope.temporal_freqs(positions, k.device).expand(-1, s // len(positions), -1),
+                     out=out)
+        return out
 
     def nbytes(self) -> int:
         """Device bytes held by stored K/V."""
