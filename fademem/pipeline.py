@@ -284,8 +284,18 @@ class VideoPipeline:
         g_init = torch.Generator(device="cpu").manual_seed(seed)
         g_step = torch.Generator(device="cpu").manual_seed((seed + _STEP_SEED_OFFSET) % 2 ** 63)
 
-        def randn(n: int, g: torch.Generator) -> torch.Tensor:
-            return torch.randn((batch, c, n, h, w), generator=g).to(device=device, dtype=dtype)
+        pin = device.type == "cuda"
+
+        def randn(n: int, g: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
+            """[B, C, n, h, w] noise from ``g`` on the host; a list of generators gives one draw per
+            generator, in order, stacked [len(g), B, C, n, h, w]. The values are those of separate
+            ``torch.randn`` calls; they are drawn into one pinned buffer and copied without a sync."""
+            gens = [g] if isinstance(g, torch.Generator) else list(g)
+            host = torch.empty((len(gens), batch, c, n, h, w), pin_memory=pin)
+            for i, gen in enumerate(gens):
+                torch.randn((batch, c, n, h, w), generator=gen, out=host[i])
+            out = host.to(device, non_blocking=True).to(dtype)
+            return out[0] if isinstance(g, torch.Generator) else out
 
         # Encode every prompt up front (errors surface before any sampling); the text context
         # (the per-prompt cross-attention cache) is built when its segment starts.
@@ -343,19 +353,24 @@ class VideoPipeline:
 
     def _denoise_chunk(self, stack, ctx, start, fpc, noise, g_init, g_step, randn, device, dtype):
         sched = self.schedule
+        n = len(sched.timesteps)
+        # All of the chunk's noise in one host-to-device copy: the initial draw (g_init) and the
+        # n - 1 re-noising draws (g_step), in the order separate draws would take them.
+        gens = ([] if noise is not None else [g_init]) + [g_step] * (n - 1)
+        drawn = randn(fpc, gens) if gens else None
         if noise is not None:
             x = noise[:, :, start:start + fpc].to(device=device, dtype=dtype)
+            renoise = drawn
         else:
-            x = randn(fpc, g_init)
+            x, renoise = drawn[0], drawn[1:]
         batch = x.shape[0]
         x0 = x
-        n = len(sched.timesteps)
         for i, t in enumerate(sched.timesteps):
             tt = torch.full((batch, fpc), t, device=device, dtype=torch.float32)
             v = self.model(x, tt, ctx, memory=stack, start_frame=start, write_memory=False)
             x0 = sched.x0_from_flow(x, v, sched.sigmas[i])
             if i + 1 < n:
-                x = sched.add_noise(x0, randn(fpc, g_step), sched.sigmas[i + 1])
+                x = sched.add_noise(x0, renoise[i], sched.sigmas[i + 1])
         return x0
 
     def _write_memory(self, stack, ctx, x0, start, g_step, fpc, randn) -> None:
