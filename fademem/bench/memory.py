@@ -439,6 +439,9 @@ def plot(report: dict, path: str) -> str:
     cfg = report["config"]
     edges = [e if e is not None else math.inf for e in cfg["lag_edges_frames"]]
     labels = bin_labels(edges, cfg["fps"])
+    ok = [r for r in report["policies"] if not r.get("error") and "summary" in r]
+    if ok:  # episodes with frames in each bin (the same for every policy)
+        labels = [f"{lab}\nn={n}" for lab, n in zip(labels, ok[0]["summary"]["psnr_by_lag"]["n_episodes"])]
     fig, axes = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
     x = np.arange(len(labels))
     for res in report["policies"]:
@@ -454,6 +457,7 @@ def plot(report: dict, path: str) -> str:
             ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
     axes[0].set_ylabel("PSNR vs truth (dB)")
     axes[1].set_ylabel("SSIM vs truth")
+    axes[1].set_ylim(-0.05, 1.05)  # t intervals over few episodes can reach past SSIM's range
     axes[0].set_title(f"Memory benchmark: {len(report['episodes'])} episodes, {cfg['latent_frames'] / cfg['fps']:g} s, "
                       f"true opening {cfg['opening_frames'] / cfg['fps']:g} s, budget {cfg['budget']} frames "
                       f"(legend: visible history); bands: 95% CI over episodes", fontsize=9)
@@ -480,8 +484,10 @@ def _fmt_ci(ci, digits: int = 2) -> str:
 def format_table(report: dict) -> str:
     cfg = report["config"]
     ll = cfg["long_lag_seconds"]
+    ok = [r for r in report["policies"] if not r.get("error")]
+    n_long = ok[0]["summary"]["n_long_episodes"] if ok else 0
     head = (f"{'policy':26s} {'visible':>7s} {'PSNR dB (95% CI)':>22s} {'SSIM (95% CI)':>24s} "
-            f"{f'PSNR lag>={ll:g}s':>22s} {'dPSNR vs full':>20s} {f'dPSNR lag>={ll:g}s vs full':>26s}")
+            f"{f'PSNR lag>={ll:g}s n={n_long}':>22s} {'dPSNR vs full':>20s} {f'dPSNR lag>={ll:g}s vs full':>26s}")
     rows = [head]
     for res in report["policies"]:
         if res.get("error"):
@@ -497,7 +503,6 @@ def format_table(report: dict) -> str:
     rows.append("")
     rows.append("PSNR (dB) by lag bin, mean over episodes [n episodes]:")
     labels = [lab.replace("\n", " ") for lab in bin_labels(edges, cfg["fps"])]
-    ok = [r for r in report["policies"] if not r.get("error")]
     if ok:
         n_ep = ok[0]["summary"]["psnr_by_lag"]["n_episodes"]
         keep = [i for i, n in enumerate(n_ep) if n]
