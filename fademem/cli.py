@@ -141,8 +141,13 @@ def schedule(budget, beta, steps, no_anchor, preset, merge, span_gamma, position
 @click.option("--width", type=int, default=832, show_default=True)
 @click.option("--context-noise", type=float, default=0.0, show_default=True,
               help="Timestep of the cache-writing pass (the clean chunk is re-noised to it).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Embedded-model weights (default: the ones shipped in the package).")
+@click.option("--opening", type=float, default=0.0, show_default=True,
+              help="Embedded model only: teacher-force the first SECONDS with the procedural world's true "
+                   "frames (rendered from the prompt and --seed), then generate.")
 def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_dir, out, seed, switch_specs,
-             device, dtype, height, width, context_noise):
+             device, dtype, height, width, context_noise, weights, opening):
     """Generate long videos chunk by chunk under a fixed KV-memory budget."""
     import os
 
@@ -181,15 +186,22 @@ def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_d
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or ("float32" if str(device) == "cpu" else "bfloat16")
     torch_dtype = getattr(torch, dtype)
-    if checkpoint is None and wan_dir is None:
-        raise click.UsageError("no checkpoint given and no embedded model available "
-                               "(pass --checkpoint PATH and --wan-dir DIR)")
-    if checkpoint is None or wan_dir is None:
-        raise click.UsageError("--checkpoint and --wan-dir go together (the generator, and the Wan2.1 "
-                               "text encoder + VAE it runs with)")
+    if opening and (checkpoint is not None or wan_dir is not None):
+        raise click.UsageError("--opening is for the embedded model (no --checkpoint / --wan-dir)")
+    if opening < 0:
+        raise click.BadParameter(f"must be >= 0, got {opening}", param_hint="--opening")
     out_dir = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(out_dir):
         raise click.BadParameter(f"directory {out_dir} does not exist", param_hint="--out")
+    if checkpoint is None and wan_dir is None:
+        _generate_embedded(prompts, seconds, memory_spec, out, seed, switches, device, torch_dtype,
+                           context_noise, weights, opening)
+        return
+    if weights is not None:
+        raise click.UsageError("--weights is for the embedded model; a real generator takes --checkpoint")
+    if checkpoint is None or wan_dir is None:
+        raise click.UsageError("--checkpoint and --wan-dir go together (the generator, and the Wan2.1 "
+                               "text encoder + VAE it runs with)")
     try:
         pipe = load_wan_pipeline(checkpoint, wan_dir, lora=list(lora), device=device, dtype=torch_dtype,
                                  context_noise=context_noise)
@@ -210,6 +222,75 @@ def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_d
         except ValueError as e:
             raise click.ClickException(str(e)) from None
         click.echo(path)
+
+
+def _out_paths(out: str, n: int) -> list[str]:
+    import os
+
+    stem, ext = os.path.splitext(out)
+    return [out] if n == 1 else [f"{stem}_{i}{ext or '.mp4'}" for i in range(n)]
+
+
+def _generate_embedded(prompts, seconds, memory_spec, out, seed, switches, device, dtype, context_noise,
+                       weights, opening):
+    """`fademem generate` with no checkpoint: the small model shipped in the package (CPU is fine)."""
+    from . import embedded
+    from .pipeline import latent_frames_for_seconds
+
+    try:
+        bundle = embedded.load(weights, device=device, dtype=dtype)
+        for p in prompts:
+            bundle.text.tokenize([p])  # prompts outside the world's grammar fail before any work
+        pipe = embedded.pipeline(bundle, context_noise=context_noise)
+        num_frames = latent_frames_for_seconds(seconds, fps=bundle.cfg.fps, temporal_stride=1)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"embedded model: {num_frames} frames of {bundle.cfg.frame_size}x{bundle.cfg.frame_size} at "
+               f"{bundle.cfg.fps} fps, memory {memory_spec}, {device}", err=True)
+    for i, (p, path) in enumerate(zip(prompts, _out_paths(out, len(prompts)))):
+        if len(prompts) > 1:
+            click.echo(f"[{i + 1}/{len(prompts)}] {p}", err=True)
+        try:
+            prefix = embedded.opening(bundle, [p], seed, min(opening, num_frames / bundle.cfg.fps)) \
+                if opening else None
+            pipe.generate_video(p, num_frames, out=path, memory=memory_spec, seed=seed, switches=switches,
+                                latent_shape=embedded.latent_shape(bundle.cfg), progress=True, prefix=prefix)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(path)
+
+
+@main.command("train")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Weights file (.safetensors).")
+@click.option("--steps", default=20000, show_default=True, type=int)
+@click.option("--batch", default=32, show_default=True, type=int)
+@click.option("--lr", default=4e-4, show_default=True, type=float)
+@click.option("--workers", default=4, show_default=True, type=int, help="Data-rendering processes.")
+@click.option("--time-limit", default=None, type=float, help="Stop (and save) after this many seconds.")
+@click.option("--dim", default=256, show_default=True, type=int)
+@click.option("--layers", default=6, show_default=True, type=int)
+@click.option("--heads", default=4, show_default=True, type=int)
+@click.option("--ffn", default=1024, show_default=True, type=int)
+@click.option("--max-history", default=600, show_default=True, type=int,
+              help="Longest history (latent frames) a training target sits after.")
+@click.option("--max-context", default=24, show_default=True, type=int, help="Most context frames per target.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--init", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Continue from these embedded weights (same architecture).")
+@click.option("--device", default="cuda", show_default=True)
+def train_cmd(out, steps, batch, lr, workers, time_limit, dim, layers, heads, ffn, max_history, max_context, seed,
+              init, device):
+    """Train the embedded model on the procedural world (memory-shaped context sampling)."""
+    from fademem.train import TrainConfig, train
+
+    try:
+        cfg = TrainConfig(steps=steps, batch=batch, lr=lr, workers=workers, time_limit=time_limit, dim=dim,
+                          layers=layers, heads=heads, ffn=ffn, max_history=max_history, max_context=max_context,
+                          seed=seed, init=init)
+        info = train(cfg, out, device=device, log=click.echo)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"saved {out} after {info['steps_done']} steps ({info['seconds']} s)")
 
 
 @main.group("bench")

@@ -402,7 +402,7 @@ class VideoPipeline:
     def generate_video(self, prompts: str | Sequence[str], num_frames: int, *, out, memory="full",
                        seed: int = 0, noise: torch.Tensor | None = None, switches=None,
                        latent_shape: Sequence[int] = (16, 60, 104), progress: bool = True,
-                       return_latents: bool = False):
+                       return_latents: bool = False, prefix: torch.Tensor | None = None):
         """Generate and stream the decoded frames into mp4 file(s).
 
         ``out``: a path, or one path per batch item; a single path with a batch of B > 1 becomes
@@ -419,7 +419,8 @@ class VideoPipeline:
         writers = [VideoWriter(p, fps=self.fps) for p in paths]
         try:
             for chunk in self.generate(prompts, num_frames, memory=memory, seed=seed, noise=noise,
-                                       switches=switches, latent_shape=latent_shape, progress=progress):
+                                       switches=switches, latent_shape=latent_shape, progress=progress,
+                                       prefix=prefix):
                 for b, wr in enumerate(writers):
                     wr.write(chunk.frames[b].numpy())
                 if return_latents:

@@ -1,0 +1,275 @@
+"""Training the embedded model on the procedural world (``fademem train``).
+
+What makes it work far beyond its training length under every memory policy: *memory-shaped
+context sampling*. Each example is one target chunk (3 latent frames) at a random point of a
+long video (up to ``max_history`` frames, 75 s at 8 fps by default), conditioned on a context of
+earlier clean frames chosen by a randomly drawn memory rule, at the temporal positions that rule
+assigns at inference:
+
+* ``window``  the most recent W frames;
+* ``sink``    the first S frames plus the most recent ones;
+* ``fademem`` one frame per FadeMem entry (the library's own schedule, random budget and beta),
+              at the entry's fractional centre ``mu`` -- the positions merged entries take;
+* ``sparse``  a random subset whose density falls with distance;
+* ``full``    everything, for short histories.
+
+With probability ``compact_p`` the positions are squeezed as compact / online-RoPE-indexing
+policies do (history at 0..n-1, the chunk right after). So the model meets, during training,
+the relative distances (up to minutes), the gaps and the squeezed layouts that each policy
+produces at inference, without ever running a 10-minute rollout. Context frames get a little
+noise (``context_noise``) so the model tolerates its own imperfect history. The loss is the
+flow-matching loss measured on x0 (what the few-step sampler outputs), with noise levels drawn
+mostly from the sampler's four levels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset
+
+from . import embedded
+from .sampling import FlowSchedule
+
+CHUNK = 3
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20000
+    batch: int = 32
+    lr: float = 4e-4
+    warmup: int = 300
+    weight_decay: float = 0.01
+    ema: float = 0.999
+    max_history: int = 600
+    max_context: int = 24
+    context_noise: float = 0.1
+    degrade_p: float = 0.5  # share of examples whose context is blurred like the model's own outputs
+    compact_p: float = 0.25
+    schedule_p: float = 0.7  # share of targets at the sampler's own noise levels
+    seed: int = 0
+    workers: int = 4
+    pool: int = 96  # worlds kept per data worker
+    refresh: int = 4  # worlds replaced per batch
+    dim: int = 256
+    layers: int = 6
+    heads: int = 4
+    ffn: int = 1024
+    log_every: int = 100
+    time_limit: float | None = None  # seconds; stop early (and save) to fit a GPU lease
+    init: str | None = None  # continue from these embedded weights (same config)
+
+
+# -- context rules ----------------------------------------------------------------------------------
+def _fademem_frames(start: int, rng: np.random.Generator, max_context: int) -> tuple[list[int], list[float]]:
+    from .schedule import simulate
+
+    budget = int(rng.integers(4, max_context + 1))
+    beta = float(rng.choice([0.3, 0.5, 0.7, 1.0]))
+    entries = simulate(budget=budget, beta=beta, steps=start).as_json()
+    idx, pos = [], []
+    for e in entries:
+        idx.append(min(start - 1, max(0, int(round(e["mu"])))))
+        pos.append(float(e["mu"]))
+    return idx, pos
+
+
+def context_rule(start: int, rng: np.random.Generator, cfg: TrainConfig) -> tuple[str, list[int], list[float]]:
+    """Pick a memory rule and return (name, context frame indices, their temporal positions)."""
+    if start == 0:
+        return "none", [], []
+    frames = np.arange(start)
+    kind = rng.choice(["window", "sink", "fademem", "sparse", "full"], p=[0.25, 0.2, 0.3, 0.15, 0.1])
+    if kind == "full" and start > 2 * cfg.max_context:
+        kind = "window"
+    if kind == "fademem":
+        idx, pos = _fademem_frames(start, rng, cfg.max_context)
+        return str(kind), idx, pos
+    if kind == "full":
+        idx = frames.tolist()
+    elif kind == "window":
+        w = int(rng.integers(3, cfg.max_context + 1))
+        idx = frames[-w:].tolist()
+    elif kind == "sink":
+        s = int(rng.integers(1, 4))
+        w = int(rng.integers(3, cfg.max_context - s + 1))
+        idx = sorted(set(frames[:s].tolist()) | set(frames[-w:].tolist()))
+    else:  # sparse: keep frame at distance d with probability ~ d^-0.7, the newest always
+        d = start - frames
+        keep = rng.random(start) < np.minimum(1.0, 2.0 * d ** -0.7)
+        keep[-1] = True
+        idx = frames[keep].tolist()[-cfg.max_context:]
+    return str(kind), idx, [float(i) for i in idx]
+
+
+class WorldBatches(IterableDataset):
+    """Endless batches rendered on the fly; each worker draws from its own seeded stream."""
+
+    def __init__(self, cfg: TrainConfig, ecfg: embedded.EmbeddedConfig):
+        self.cfg, self.size, self.fps, self.text_len = cfg, ecfg.frame_size, ecfg.fps, ecfg.text_len
+
+    def __iter__(self):
+        from .world import World, sample_prompt, tokenize
+
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.cfg.seed, info.id if info else 0])
+        cfg = self.cfg
+
+        def new_world():
+            prompt = sample_prompt(rng)
+            tok = np.zeros(self.text_len, np.int64)
+            ids = tokenize(prompt)
+            tok[:len(ids)] = ids
+            return World(prompt, int(rng.integers(1 << 31)), self.size, self.fps), tok
+
+        # Building a world (its texture) costs far more than rendering a frame of it: keep a pool
+        # and refresh a few worlds per batch; time offsets keep the examples distinct.
+        pool = [new_world() for _ in range(cfg.pool)]
+        while True:
+            for _ in range(cfg.refresh):
+                pool[int(rng.integers(len(pool)))] = new_world()
+            start = 0 if rng.random() < 0.12 else CHUNK * int(
+                math.exp(rng.uniform(0, math.log(cfg.max_history / CHUNK))))
+            kind, idx, pos = context_rule(start, rng, cfg)
+            if kind != "none" and rng.random() < cfg.compact_p:
+                pos = [float(i) for i in range(len(idx))]
+                target_pos = [float(len(idx) + i) for i in range(CHUNK)]
+            else:
+                target_pos = [float(start + i) for i in range(CHUNK)]
+            want = np.asarray(idx + [start + i for i in range(CHUNK)])
+            video = np.empty((cfg.batch, len(want), self.size, self.size, 3), np.float32)
+            ids = np.zeros((cfg.batch, self.text_len), np.int64)
+            for b in range(cfg.batch):
+                world, ids[b] = pool[int(rng.integers(len(pool)))]
+                offset = int(rng.integers(0, 4 * cfg.max_history))  # any stretch of the (endless) video
+                for j, t in enumerate(want + offset):
+                    video[b, j] = world.frame_at(int(t))
+            chunks = [i // CHUNK for i in idx] + [start // CHUNK] * CHUNK
+            video = (video * 255 + 0.5).astype(np.uint8)  # a quarter of the bytes through worker IPC
+            yield {"video": torch.from_numpy(video), "ids": torch.from_numpy(ids),
+                   "positions": torch.tensor(pos + target_pos, dtype=torch.float32),
+                   "chunks": torch.tensor(chunks), "n_ctx": len(idx), "kind": kind}
+
+
+def degrade(frames: torch.Tensor, n_ctx: int, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Blur the context frames of a random share ``p`` of the examples (Gaussian, sigma 0-1.5 px).
+
+    The model's own outputs are a little soft; training on softened context teaches it to carry
+    on from such history (and to restore detail from sharper, older memory where it has some).
+    frames: float [B, F, H, W, 3] in [0, 1]; only frames [:n_ctx] are touched.
+    """
+    if n_ctx == 0 or p <= 0:
+        return frames
+    b = frames.shape[0]
+    dev = frames.device
+    sigma = 1.5 * torch.rand(b, device=dev, generator=gen) * (torch.rand(b, device=dev, generator=gen) < p)
+    r = torch.arange(-3, 4, device=dev, dtype=torch.float32)
+    k = torch.exp(-r[None] ** 2 / (2 * sigma[:, None].clamp_min(1e-3) ** 2))
+    k = k / k.sum(1, keepdim=True)  # [B, 7]; sigma ~0 gives a delta
+    ctx = frames[:, :n_ctx].permute(0, 1, 4, 2, 3)  # [B, n, 3, H, W]
+    n, h, w = ctx.shape[1], ctx.shape[3], ctx.shape[4]
+    x = ctx.reshape(1, b * n * 3, h, w)
+    kk = k.repeat_interleave(n * 3, 0)  # one kernel per (example, frame, channel)
+    x = F.conv2d(F.pad(x, (3, 3, 0, 0), mode="replicate"), kk[:, None, None, :], groups=b * n * 3)
+    x = F.conv2d(F.pad(x, (0, 0, 3, 3), mode="replicate"), kk[:, None, :, None], groups=b * n * 3)
+    out = frames.clone()
+    out[:, :n_ctx] = x.reshape(b, n, 3, h, w).permute(0, 1, 3, 4, 2)
+    return out
+
+
+def frame_mask(chunks: torch.Tensor, n_ctx: int) -> torch.Tensor:
+    """[F, F] bool: context frames see context of earlier-or-same chunks; the target sees all."""
+    f = chunks.numel()
+    m = chunks[None, :] <= chunks[:, None]
+    m[:n_ctx, n_ctx:] = False
+    m[n_ctx:, :] = True
+    return m.reshape(f, f)
+
+
+def _lr(step: int, elapsed: float, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine to 10% over the run (by steps, or by time under a time limit)."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if cfg.time_limit:
+        p = max(p, elapsed / cfg.time_limit)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) -> dict:
+    torch.manual_seed(cfg.seed)
+    ecfg = embedded.EmbeddedConfig()
+    bundle = embedded.build(ecfg, ecfg.dit_config(cfg.dim, cfg.layers, cfg.heads, cfg.ffn))
+    if cfg.init:
+        init = embedded.load(cfg.init)
+        bundle.model.load_state_dict(init.model.state_dict())
+        bundle.text.load_state_dict(init.text.state_dict())
+    model, text, codec = bundle.model.to(device).train().requires_grad_(True), bundle.text.to(device).train(), bundle.codec
+    params = list(model.parameters()) + list(text.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    tokens_per_frame = (ecfg.latent_hw // 2) ** 2
+    sched_sigmas = torch.tensor(FlowSchedule().sigmas, device=device)
+    loader = DataLoader(WorldBatches(cfg, ecfg), batch_size=None,
+                        num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
+                        prefetch_factor=4 if cfg.workers else None, pin_memory=device.startswith("cuda"))
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast(
+        "cpu", enabled=False)
+    t0, history, step = time.time(), [], 0
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    for step, batch in enumerate(loader):
+        if step >= cfg.steps or (cfg.time_limit and time.time() - t0 > cfg.time_limit):
+            break
+        n_ctx = batch["n_ctx"]
+        frames = batch["video"].to(device, non_blocking=True).float() / 255.0
+        x0 = codec.encode(frames)  # [B, C, F, h, w]: the clean targets
+        x_in = codec.encode(degrade(frames, n_ctx, cfg.degrade_p, gen)) if n_ctx else x0
+        b, f = x0.shape[0], x0.shape[2]
+        # noise level of the target chunk: mostly the sampler's own levels
+        pick = torch.rand(b, device=device, generator=gen) < cfg.schedule_p
+        u = torch.rand(b, device=device, generator=gen)
+        sigma = torch.where(pick, sched_sigmas[torch.randint(len(sched_sigmas), (b,), device=device,
+                                                              generator=gen)], 5 * u / (1 + 4 * u))
+        sig_f = torch.zeros(b, f, device=device)
+        sig_f[:, n_ctx:] = sigma[:, None]
+        sig_f[:, :n_ctx] = cfg.context_noise * torch.rand(b, 1, device=device, generator=gen)
+        noise = torch.randn(x0.shape, device=device, generator=gen)
+        s5 = sig_f[:, None, :, None, None]
+        xt = (1 - s5) * x_in + s5 * noise
+        mask = frame_mask(batch["chunks"], n_ctx).to(device)
+        mask = mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
+        with amp:
+            ctx = text(batch["ids"].to(device))
+            v = model(xt, sig_f * 1000, ctx, positions=batch["positions"].to(device), attn_mask=mask)
+        x0_hat = xt[:, :, n_ctx:] - s5[:, :, n_ctx:] * v[:, :, n_ctx:].float()
+        loss = (x0_hat - x0[:, :, n_ctx:]).pow(2).mean()
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, time.time() - t0, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(cfg.ema, (1 + step) / (10 + step))
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - d)
+        if step % cfg.log_every == 0:
+            lv = float(loss.detach())
+            history.append({"step": step, "loss": lv, "kind": batch["kind"], "n_ctx": n_ctx,
+                            "seconds": round(time.time() - t0, 1)})
+            log(f"step {step:6d}  loss {lv:.4f}  ctx {batch['kind']}:{n_ctx}  {time.time() - t0:.0f}s")
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    info = {"train": asdict(cfg), "steps_done": step, "seconds": round(time.time() - t0, 1),
+            "history": history, "device": torch.cuda.get_device_name() if device.startswith("cuda") else device}
+    embedded.save(bundle, out, info=info)
+    Path(str(out) + ".json").write_text(json.dumps(info, indent=1))
+    return info

@@ -1,0 +1,155 @@
+"""The embedded default model: shipped weights, CLI generation, and the training loop's pieces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fademem import embedded
+from fademem.cli import main
+from fademem.model import CausalWanModel, WanConfig
+from fademem.train import CHUNK, TrainConfig, context_rule, degrade, frame_mask, train
+from fademem.video_io import read_video_info
+
+PROMPT = ("a large red circle bouncing over a striped blue background , "
+          "camera pans right and returns after 4 seconds")
+POLICIES = ["full", "window:budget=6", "sink:budget=6,sink=3", "memrope", "fademem:budget=6",
+            "deepforcing:budget=6,cache=6,sink=2,recent=2", "omnimem:grid=8x8,block_h=2,block_w=4,topk=2,query_group=8",
+            "memflow"]
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    torch.set_num_threads(1)
+    return embedded.load()
+
+
+def test_shipped_weights_load_without_network(bundle):
+    assert embedded.default_path().is_file()
+    assert bundle.info.get("steps_done", 0) > 0  # trained, not random
+    assert sum(p.numel() for p in bundle.model.parameters()) < 20_000_000
+
+
+@pytest.mark.parametrize("spec", POLICIES)
+@torch.no_grad()
+def test_every_policy_gives_finite_frames(bundle, spec):
+    pipe = embedded.pipeline(bundle)
+    chunks = list(pipe.generate(PROMPT, num_frames=15, memory=spec, seed=0,
+                                latent_shape=embedded.latent_shape(bundle.cfg), progress=False))
+    frames = torch.cat([c.frames for c in chunks], dim=1)
+    assert frames.shape == (1, 15, 64, 64, 3) and frames.dtype == torch.uint8
+    lat = torch.cat([c.latents for c in chunks], dim=2)
+    assert torch.isfinite(lat).all()
+
+
+@torch.no_grad()
+def test_same_seed_same_video_other_seed_differs(bundle):
+    pipe = embedded.pipeline(bundle)
+    shape = embedded.latent_shape(bundle.cfg)
+
+    def run(seed):
+        return torch.cat([c.latents for c in pipe.generate(PROMPT, 9, memory="fademem", seed=seed,
+                                                           latent_shape=shape, progress=False)], dim=2)
+
+    a, b, c = run(3), run(3), run(4)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_opening_is_the_true_world(bundle):
+    from fademem.world import World
+
+    z = embedded.opening(bundle, [PROMPT], seed=5, seconds=1.0)
+    assert z.shape[2] == 9  # 8 frames rounded up to whole chunks
+    truth = World(PROMPT, 5, 64, 8).render(9)
+    back = bundle.codec.to_frames(z)[0].numpy()
+    assert np.abs(back - truth).max() < 1e-5
+
+
+def test_cli_generate_uses_the_embedded_model(tmp_path):
+    out = tmp_path / "demo.mp4"
+    res = CliRunner().invoke(main, ["generate", "--prompt", PROMPT, "--seconds", "2", "--out", str(out),
+                                    "--memory", "fademem", "--opening", "1"])
+    assert res.exit_code == 0, res.output
+    frames, fps, size = read_video_info(str(out))
+    assert (frames, fps, size) == (18, 8.0, (64, 64))  # 16 frames -> whole chunks of 3
+
+
+def test_cli_rejects_prompts_outside_the_world(tmp_path):
+    res = CliRunner().invoke(main, ["generate", "--prompt", "a cat on a sofa", "--seconds", "1",
+                                    "--out", str(tmp_path / "x.mp4")])
+    assert res.exit_code != 0
+    assert "<texture>" in res.output  # the error lists the grammar
+
+
+def test_codec_round_trip_is_exact_on_uint8():
+    codec = embedded.PixelCodec(embedded.EmbeddedConfig())
+    frames = torch.randint(0, 256, (2, 3, 64, 64, 3), dtype=torch.uint8)
+    z = codec.encode(frames)
+    assert z.shape == (2, 48, 3, 16, 16)
+    assert torch.equal(codec.decode(z), frames)
+    with pytest.raises(ValueError, match="64x64"):
+        codec.encode(torch.zeros(1, 1, 32, 32, 3))
+
+
+# -- training pieces ----------------------------------------------------------------------------------
+def test_context_rules_stay_in_the_past_and_within_budget():
+    cfg = TrainConfig()
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for _ in range(300):
+        start = CHUNK * int(rng.integers(1, 200))
+        kind, idx, pos = context_rule(start, rng, cfg)
+        kinds.add(kind)
+        assert len(idx) == len(pos) and 0 < len(idx) <= max(cfg.max_context, 2 * cfg.max_context)
+        assert all(0 <= i < start for i in idx) and idx == sorted(idx)
+        assert all(p < start for p in pos)
+    assert kinds == {"window", "sink", "fademem", "sparse", "full"}
+    assert context_rule(0, rng, cfg) == ("none", [], [])
+
+
+def test_frame_mask_context_is_causal_target_sees_all():
+    chunks = torch.tensor([0, 0, 3, 7, 7, 7])  # two context chunks (frames 0,1 | 9) and the target chunk
+    m = frame_mask(chunks[:], n_ctx=3)
+    assert m[:3, 3:].sum() == 0  # context never sees the target
+    assert m[3:].all()  # the target sees everything
+    assert m[0, 1] and m[1, 0] and not m[0, 2] and m[2, 0]
+
+
+def test_degrade_blurs_only_context_of_chosen_examples():
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(4, 5, 16, 16, 3, generator=g)
+    same = degrade(frames, 3, 0.0, g)
+    assert torch.equal(same, frames)
+    out = degrade(frames, 3, 1.0, g)
+    assert torch.equal(out[:, 3:], frames[:, 3:])
+    assert not torch.equal(out[:, :3], frames[:, :3])
+    assert out[:, :3].std() < frames[:, :3].std()  # blurred noise has less variance
+
+
+def test_train_smoke_saves_loadable_weights(tmp_path):
+    cfg = TrainConfig(steps=2, batch=2, workers=0, dim=32, layers=1, heads=2, ffn=64, log_every=1,
+                      max_history=30, pool=4)
+    info = train(cfg, tmp_path / "w.safetensors", device="cpu", log=lambda *_: None)
+    assert info["steps_done"] == 2 and len(info["history"]) == 2
+    b = embedded.load(tmp_path / "w.safetensors")
+    assert b.model.config.dim == 32
+
+
+@torch.no_grad()
+def test_explicit_positions_match_start_frame_and_are_shift_invariant():
+    torch.manual_seed(0)
+    cfg = WanConfig.tiny()
+    m = CausalWanModel(cfg).eval()
+    x = torch.randn(1, cfg.in_dim, 4, 4, 4)
+    txt = torch.randn(1, 5, cfg.text_dim)
+    t = torch.full((1, 4), 500.0)
+    a = m(x, t, txt, start_frame=7)
+    b = m(x, t, txt, positions=[7.0, 8.0, 9.0, 10.0])
+    c = m(x, t, txt, positions=torch.tensor([107.0, 108.0, 109.0, 110.0]))
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, c, atol=2e-4, rtol=1e-4)  # RoPE is relative
+    with pytest.raises(ValueError, match="positions"):
+        m(x, t, txt, positions=[0.0, 1.0])
