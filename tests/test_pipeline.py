@@ -324,9 +324,13 @@ def test_generate_cli_end_to_end(tmp_path):
         assert len(list(iter_video_frames(p))) == 4 * t - 3
     assert [ln for ln in res.stdout.splitlines() if ln.endswith(".mp4")] == [str(p) for p in outs]
 
-    # errors: no model at all, missing files, incompatible parts, bad memory spec
+    # errors: without a checkpoint the embedded model runs and knows only its world's grammar;
+    # missing files, incompatible parts, bad memory spec
     res = runner.invoke(main, ["generate", "--prompt", "a cat", "--out", str(tmp_path / "x.mp4")])
-    assert res.exit_code != 0 and "no checkpoint given and no embedded model available" in res.output
+    assert res.exit_code != 0 and "cannot parse prompt" in res.output and "<texture>" in res.output
+    res = runner.invoke(main, ["generate", "--prompt", "a cat", "--checkpoint", str(tmp_path / "missing.pt"),
+                               "--out", str(tmp_path / "x.mp4")])
+    assert res.exit_code != 0 and "--checkpoint and --wan-dir go together" in res.output
     res = runner.invoke(main, ["generate", "--prompt", "a cat", "--checkpoint", str(tmp_path / "missing.pt"),
                                "--wan-dir", str(wan), "--out", str(tmp_path / "x.mp4"), "--device", "cpu"])
     assert res.exit_code != 0 and "checkpoint not found" in res.output
