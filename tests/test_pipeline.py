@@ -21,15 +21,8 @@ from fademem.sampling import FlowSchedule, shift_sigma, warp_timesteps
 
 SHAPE = (16, 4, 6)  # latent (C, h, w): 2x3 tokens per frame
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on busy CI machines (40x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 class ToyText:
     """Deterministic text states [B, 8, 32] from each prompt's CRC."""

@@ -14,15 +14,8 @@ WORDS = ["<pad>", "</s>", "<unk>"] + "a cat dog runs on the beach red ball jumps
 Z_DIM = 4
 TEXT_DIM = 16
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on busy CI machines (40x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def make_tokenizer(path):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
