@@ -316,9 +316,12 @@ class Memory:
         for i, f in enumerate(frames):
             if f not in slots:
                 raise ValueError(f"{self.name}: frame {f} is not held individually; held: {sorted(slots)}")
-            store, slot = slots[f]
-            store.write(slot, k[:, i * t:(i + 1) * t], v[:, i * t:(i + 1) * t])
+            self._replace_frame(f, *slots[f], k[:, i * t:(i + 1) * t], v[:, i * t:(i + 1) * t])
         self._view_cache = None
+
+    def _replace_frame(self, frame: int, store: SlotStore, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write one recomputed frame; policies that keep derived state (block keys) extend this."""
+        store.write(slot, k, v)
 
     # -- helpers --------------------------------------------------------------------------------
     def chunk_positions(self, query: ChunkQuery) -> tuple[float, ...]:

@@ -48,7 +48,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..rope import WanRoPE
-from .base import ChunkQuery, Entry, Memory, MemoryView, SlotStore, check_kv
+from .base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
 from .deepforcing import rotate_tokens
 from .registry import register
 from .window import check_int
@@ -279,17 +279,8 @@ class OmniMemMemory(Memory):
             return {}
         return {f: (self.store, f) for f in range(self.frames_seen)}
 
-    def replace(self, k: torch.Tensor, v: torch.Tensor, frames: list[int]) -> None:
-        n = check_kv(k, v, self.tokens_per_frame, "replace")
-        if n != len(frames):
-            raise ValueError(f"replace: got {n} frames of K/V for {len(frames)} frame indices")
-        held = self.frame_slots()
-        t = self.tokens_per_frame
-        for i, f in enumerate(frames):
-            if f not in held:
-                raise ValueError(f"{self.name}: frame {f} is not held individually on the device")
-            self._write(f, k[:, i * t:(i + 1) * t], v[:, i * t:(i + 1) * t])
-        self._view_cache = None
+    def _replace_frame(self, frame, store, slot, k, v) -> None:
+        self._write(frame, k, v)  # also refreshes the frame's block keys
 
     def nbytes(self) -> int:
         dev = 0 if self.offload else self.store.nbytes()
