@@ -241,7 +241,14 @@ def _generate_embedded(prompts, seconds, memory_spec, out, seed, switches, devic
         bundle = embedded.load(weights, device=device, dtype=dtype)
         for p in prompts:
             bundle.text.tokenize([p])  # prompts outside the world's grammar fail before any work
-        pipe = embedded.pipeline(bundle, context_noise=context_noise)
+        import dataclasses
+
+        from .compressor.kv import generator_for_memory
+
+        model = generator_for_memory(bundle.model, memory_spec)  # + the compressor's generator LoRA
+        if model is not bundle.model:
+            click.echo("compressor memory: its generator LoRA is merged into the embedded model", err=True)
+        pipe = embedded.pipeline(dataclasses.replace(bundle, model=model), context_noise=context_noise)
         num_frames = latent_frames_for_seconds(seconds, fps=bundle.cfg.fps, temporal_stride=1)
     except (FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
@@ -415,6 +422,14 @@ def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, d
         click.echo(f"wrote {bm.plot(report, os.path.join(out_dir, 'memory.png'))}")
     click.echo(table)
 
+
+def _register_commands() -> None:
+    from .compressor.cli import train_compressor
+
+    main.add_command(train_compressor)
+
+
+_register_commands()
 
 if __name__ == "__main__":
     main()

@@ -82,9 +82,16 @@ def load_lora(model: nn.Module, path: PathLike, alpha: float | None = None) -> n
     from ``lora_A``; alpha from ``alpha``, else ``adapter_config.json`` (``lora_alpha``,
     ``alpha_pattern``), else alpha = rank (scale 1).
     """
+    pairs, acfg = read_lora(path)
+    return merge_lora_pairs(model, pairs, acfg, alpha=alpha, source=str(path))
+
+
+def merge_lora_pairs(model: nn.Module, pairs: dict[str, dict[str, torch.Tensor]], acfg: dict,
+                     alpha: float | None = None, source: str = "LoRA") -> nn.Module:
+    """Merge ``{module: {"A": lora_A, "B": lora_B}}`` into ``model`` with peft (see :func:`load_lora`)."""
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
-    pairs, acfg = read_lora(path)
+    path = source
     modules = dict(model.named_modules())
     absent = [m for m in pairs if m not in modules]
     if absent:

@@ -194,6 +194,16 @@ def frame_mask(chunks: torch.Tensor, n_ctx: int) -> torch.Tensor:
     return m.reshape(f, f)
 
 
+def target_sigmas(b: int, schedule_p: float, sched_sigmas: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """[b] noise levels of target chunks: the sampler's own levels with probability ``schedule_p``,
+    else a shifted uniform draw (shift 5, as the sampler's warp) over (0, 1)."""
+    device = sched_sigmas.device
+    pick = torch.rand(b, device=device, generator=gen) < schedule_p
+    u = torch.rand(b, device=device, generator=gen)
+    return torch.where(pick, sched_sigmas[torch.randint(len(sched_sigmas), (b,), device=device, generator=gen)],
+                       5 * u / (1 + 4 * u))
+
+
 def _lr(step: int, elapsed: float, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine to 10% over the run (by steps, or by time under a time limit)."""
     if step < cfg.warmup:
@@ -234,10 +244,7 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) ->
         x_in = codec.encode(degrade(frames, n_ctx, cfg.degrade_p, gen)) if n_ctx else x0
         b, f = x0.shape[0], x0.shape[2]
         # noise level of the target chunk: mostly the sampler's own levels
-        pick = torch.rand(b, device=device, generator=gen) < cfg.schedule_p
-        u = torch.rand(b, device=device, generator=gen)
-        sigma = torch.where(pick, sched_sigmas[torch.randint(len(sched_sigmas), (b,), device=device,
-                                                              generator=gen)], 5 * u / (1 + 4 * u))
+        sigma = target_sigmas(b, cfg.schedule_p, sched_sigmas, gen)
         sig_f = torch.zeros(b, f, device=device)
         sig_f[:, n_ctx:] = sigma[:, None]
         sig_f[:, :n_ctx] = cfg.context_noise * torch.rand(b, 1, device=device, generator=gen)

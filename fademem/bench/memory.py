@@ -80,6 +80,16 @@ def budget_spec(policy: str, budget: int) -> tuple[str, str | None]:
         build_memory(spec)
         return spec, (f"fixed layout sink 3 + long EMA 1 + short EMA 1 + recent {budget - MEMROPE_FIXED} "
                       f"= {budget} history slots (default recent=4 gives 9)")
+    elif name == "compressor":  # equal visible tokens: raw window (+ up to t-1 waiting) + compressed groups
+        t, fh, fw = build_memory("compressor").factors
+        window = max(1, budget // 3)
+        groups = (budget - window - (t - 1)) * fh * fw
+        if groups < 1:
+            raise ValueError(f"compressor needs budget > {window + t - 1} frames at rate {t}x{fh}x{fw}, got {budget}")
+        spec = f"compressor:window={window},budget={groups}"
+        build_memory(spec)
+        return spec, (f"window {window} raw frames (+ up to {t - 1} waiting for a group) + {groups} groups of "
+                      f"1/{fh * fw} frame of tokens each = at most {budget} frames of tokens")
     elif "budget" in {f.name for f in dataclasses.fields(cls)}:  # e.g. policies registered later
         knobs = {f.name for f in dataclasses.fields(cls)}
         base = f"{name}:budget={budget}" + (f",cache={budget}" if "cache" in knobs else "")  # deepforcing
@@ -272,6 +282,7 @@ def watched_stack(spec: str, num_layers: int):
 def run_memory(run: MemoryRun, log=print) -> dict:
     """The whole benchmark; returns the JSON-able report (see ``write_json``)."""
     from fademem import embedded
+    from fademem.compressor.kv import generator_for_memory
     from fademem.pipeline import VideoPipeline, initial_noise
     from fademem.world import World, last_seen
 
@@ -323,7 +334,10 @@ def run_memory(run: MemoryRun, log=print) -> dict:
             outs = []
             try:
                 stack, seen = watched_stack(spec, bundle.model.config.num_layers)
-                gen = pipe.generate(prompts, num_frames, memory=stack, seed=episodes[group[0]].noise_seed,
+                model = generator_for_memory(bundle.model, spec)  # the compressor's generator LoRA, if any
+                run_pipe = pipe if model is bundle.model else VideoPipeline(
+                    model, bundle.text, None, frames_per_chunk=FRAMES_PER_CHUNK, steps=tuple(run.steps))
+                gen = run_pipe.generate(prompts, num_frames, memory=stack, seed=episodes[group[0]].noise_seed,
                                     noise=noise, latent_shape=latent_shape, progress=False, prefix=prefix)
                 for chunk in gen:
                     outs.append(codec.to_frames(chunk.latents.float()).cpu())

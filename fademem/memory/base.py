@@ -201,6 +201,7 @@ class Memory:
     # -- set-up ---------------------------------------------------------------------------------
     def __post_init__(self) -> None:
         self.validate()
+        self.layer = 0  # the transformer layer this memory serves (MemoryStack sets it)
         self._view_cache: tuple | None = None
         self.frames_seen = 0  # latent frames inserted so far
         self.reset()

@@ -1,81 +1,88 @@
-"""``compressor``: recent frames as they are, older history as learned compressed tokens (issue 8).
+"""``compressor``: recent frames as they are, older history as learned compressed K/V (issue 8).
 
-Design (fits the Memory contract with no model change). A memory receives per-layer K/V, never
-latents, so the policy cannot run the latent-space history encoder of ``fademem.compressor``
-and project its tokens to K/V. Instead it **compresses the K/V sequences directly**: the
-same ``HistoryEncoder`` architecture (3D convs, GroupNorm/SiLU, one attention block at the
-coarsest level, time reduced before space) runs over a layer's K and V viewed as a video
+After Zhang et al., "Pretraining Frame Preservation in Autoregressive Video Memory Compression",
+in the K/V space a memory sees (``fademem.compressor.kv``): per-layer encoders with a shared 3D
+convolutional trunk turn each group of ``t`` evicted frames of a layer into compressed keys and
+values at the rate ``"t x h x w"``.
 
-    [B, 2*heads*head_dim, t, grid_h, grid_w]  (K and V concatenated on channels)
-
-and its ``out_dim = 2*heads*head_dim`` tokens are split back into compressed keys and values.
-
-* Recent frames: the last ``window`` frames stay as ordinary frames (plus up to ``t - 1``
-  frames waiting to fill a compression group), in a ring ``SlotStore`` of ``window + t`` slots.
-* Evicted frames are compressed **incrementally**, one group of ``t`` frames (the rate's time
-  factor) at a time, as soon as a group has left the window; each group becomes one slot of
-  ``(grid_h / h) * (grid_w / w)`` tokens in a ring ``SlotStore`` of ``budget`` groups (the
-  oldest group is dropped). Device memory is therefore fixed: ``window + t`` frames plus
-  ``budget`` groups, whatever the video length.
-* Positions: absolute. Each compressed group's keys are rotated to the centre of the span it
-  summarises (``first + (t - 1) / 2``, fractional); the chunk sits at its true indices. The
-  encoder sees keys with the spatial RoPE phase only and learns whatever spatial phase its
-  output keys need; only the temporal phase is applied by the memory.
-* Keys of one frame are assumed to lie on a ``grid_h x grid_w`` token grid in row-major order
-  (the model's patch grid): square by default, or ``grid_w`` given as a knob.
-* Weights: ``weights=`` a file written by ``fademem.compressor.save`` whose encoder takes and
-  returns ``2*heads*head_dim`` channels at this rate. Without weights the policy refuses to
-  build unless ``allow_random=true`` (tests, plumbing checks): random compression must never
-  be used silently for generation. One encoder is shared by every layer (and every policy
-  instance built from the same weights on the same device), because the Memory contract builds
-  identical per-layer policies from one spec and does not tell a policy its layer index.
-
-Not yet: trained K/V-space weights (pretraining on the frozen DiT's per-layer K/V with
-``fademem.compressor.retrieval_loss``, or end-to-end with generator LoRAs), per-layer encoders,
-gradients through the memory (the encoder runs under ``no_grad``), prompt-switch recache of
-compressed groups (only the raw recent frames are recomputable).
+* Recent frames: the last ``window`` frames stay as ordinary frames (plus up to ``t - 1`` frames
+  waiting to fill a group), in a ring ``SlotStore`` of ``window + t`` slots.
+* Evicted frames are compressed **incrementally**, one group of ``t`` frames at a time, as soon
+  as the group has left the window; each group becomes one slot of ``(grid_h/h)*(grid_w/w)``
+  tokens in a ring ``SlotStore`` of ``budget`` groups (the oldest group is dropped). Device
+  memory is fixed: ``window + t`` frames plus ``budget`` groups, whatever the video length.
+* Positions: absolute. A group's keys are rotated to the centre of the span it summarises
+  (``first + (t - 1) / 2``, fractional); the chunk sits at its true indices. The encoder sees keys
+  with the spatial RoPE phase only and outputs keys that carry whatever spatial phase they need.
+* Weights: ``weights=`` a file from ``fademem train-compressor`` (``fademem.compressor.kv``);
+  by default the one shipped for the embedded model. Its config fixes the rate, the layers and
+  the K/V width; a model of another size gets a clear error. The file may also hold a generator
+  LoRA trained to read this memory: generation and the memory benchmark merge it into (a copy of)
+  the embedded model when ``generator_lora=true`` (default); the policy itself never touches the
+  model. ``allow_random=true`` builds untrained per-layer compressors (plain span averaging, see
+  ``kv.py``) for tests and plumbing checks.
+* Prompt switches recompute only the raw recent frames (compressed groups keep their K/V).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..compressor import CompressorConfig, HistoryEncoder, load, parse_channels, parse_rate
+from ..compressor.kv import KVCompressor, KVCompressorConfig, default_path, load
+from ..compressor.nets import parse_channels, parse_rate
 from ..rope import apply_rotary
 from .base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
 from .registry import register
 from .window import check_int
 
-_ENCODERS: dict[tuple, HistoryEncoder] = {}  # shared across layers / instances (see module docstring)
+_COMPRESSORS: dict[tuple, KVCompressor] = {}  # one module per (file or random config, device)
 
 
-def shared_encoder(weights: str | None, seed: int, channels: str, rate: str, width: int,
-                   device: torch.device) -> HistoryEncoder:
-    """The K/V encoder for ``width = 2*heads*head_dim`` channels (loaded once per file and device)."""
-    key = (weights, seed if weights is None else None, channels, rate, width, str(device))
-    enc = _ENCODERS.get(key)
-    if enc is None:
-        if weights is not None:
-            enc, _, _ = load(weights)
-            cfg = enc.cfg
-            if cfg.in_channels != width or cfg.out_dim != width:
-                raise ValueError(f"compressor: {weights} encodes {cfg.in_channels} -> {cfg.out_dim} channels, "
-                                 f"this model's K/V need {width} -> {width} (2 * heads * head_dim)")
-            if parse_rate(cfg.rate) != parse_rate(rate):
-                raise ValueError(f"compressor: {weights} was trained at rate {cfg.rate}, the policy asks {rate}")
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                enc = HistoryEncoder(CompressorConfig(in_channels=width, out_dim=width,
-                                                      channels=parse_channels(channels), rate=rate))
-        enc = enc.to(device).eval().requires_grad_(False)
-        _ENCODERS[key] = enc
-    return enc
+def layout(frames_seen: int, window: int, t: int, budget: int) -> tuple[range, range]:
+    """(compressed groups held, raw frames held) after ``frames_seen`` frames: every group of ``t``
+    frames that has left the ``window`` is compressed; the newest ``budget`` groups are kept."""
+    done = max(0, frames_seen - window) // t
+    return range(max(0, done - budget), done), range(done * t, frames_seen)
+
+
+def group_centre(group: int, t: int) -> float:
+    return group * t + (t - 1) / 2
+
+
+def shared_compressor(weights: str | None, rate: str, channels: str, seed: int, heads: int, head_dim: int,
+                      grid: tuple[int, int], layer: int, device: torch.device) -> tuple[KVCompressor, int]:
+    """(compressor, index of this layer's encoder in it). Random compressors are one per layer."""
+    if weights is not None:
+        key = (weights, str(device))
+        comp = _COMPRESSORS.get(key)
+        if comp is None:
+            comp = load(weights).compressor
+            _COMPRESSORS[key] = comp = comp.to(device).eval().requires_grad_(False)
+        cfg = comp.cfg
+        if (cfg.heads, cfg.head_dim) != (heads, head_dim) or cfg.grid != tuple(grid):
+            raise ValueError(f"compressor: {weights} was trained for K/V of {cfg.heads} heads x {cfg.head_dim} "
+                             f"on a {cfg.grid[0]}x{cfg.grid[1]} token grid; this model has {heads} x {head_dim} "
+                             f"on {grid[0]}x{grid[1]}")
+        if layer >= cfg.layers:
+            raise ValueError(f"compressor: {weights} has encoders for {cfg.layers} layers, the model has more "
+                             f"(layer {layer})")
+        if rate != "auto" and parse_rate(rate) != cfg.factors:
+            raise ValueError(f"compressor: {weights} was trained at rate {cfg.rate}, the policy asks {rate}")
+        return comp, layer
+    rate = "2x2x1" if rate == "auto" else rate
+    key = (None, rate, channels, seed, heads, head_dim, tuple(grid), layer, str(device))
+    comp = _COMPRESSORS.get(key)
+    if comp is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + layer)
+            comp = KVCompressor(KVCompressorConfig(layers=1, heads=heads, head_dim=head_dim, grid=grid,
+                                                   rate=rate, channels=parse_channels(channels)))
+        _COMPRESSORS[key] = comp = comp.to(device).eval().requires_grad_(False)
+    return comp, 0
 
 
 @register
@@ -85,13 +92,14 @@ class CompressorMemory(Memory):
 
     name = "compressor"
 
-    window: int = 6
-    budget: int = 8  # compressed groups of t frames kept (the oldest is dropped)
-    rate: str = "2x2x1"  # (time x height x width) reduction of the K/V token grid
-    channels: str = "64-128-256-512"  # encoder channel ladder when weights=None (random init)
+    window: int = 4
+    budget: int = 40  # compressed groups of t frames kept (the oldest is dropped)
+    rate: str = "auto"  # "auto": the weights' rate; else (time x height x width), must match them
+    weights: str | None = None  # None: the shipped file (embedded model)
+    generator_lora: bool = True  # callers merge the file's generator LoRA (the policy never does)
     grid_w: int = 0  # token-grid width of one frame; 0: square grid
-    weights: str | None = None
     allow_random: bool = False
+    channels: str = "32-64-128"  # trunk channel ladder of random compressors
     seed: int = 0
 
     def validate(self) -> None:
@@ -99,25 +107,44 @@ class CompressorMemory(Memory):
         check_int(self.name, "budget", self.budget, 1)
         check_int(self.name, "grid_w", self.grid_w, 0)
         try:
-            parse_rate(self.rate)
+            if self.rate != "auto":
+                parse_rate(self.rate)
             parse_channels(self.channels)
         except ValueError as e:
             raise ValueError(f"{self.name}: {e}") from None
-        if self.weights is None and not self.allow_random:
-            raise ValueError(f"{self.name}: no weights given. Pass weights=<file from fademem.compressor.save>; "
-                             f"allow_random=true builds an untrained encoder (tests only, not for generation)")
         if self.weights is not None and not Path(self.weights).is_file():
             raise ValueError(f"{self.name}: weights file {self.weights} not found")
+        if self.weights is None and not self.allow_random and not default_path().is_file():
+            raise ValueError(f"{self.name}: no weights given and none shipped at {default_path()}. Pass "
+                             f"weights=<file from `fademem train-compressor`>; allow_random=true builds untrained "
+                             f"compressors (tests only, not for generation)")
+        if self.allow_random and self.weights is not None:
+            raise ValueError(f"{self.name}: give weights= or allow_random=true, not both")
+        if self.rate != "auto" and self.weights_path is not None and \
+                _file_rate(self.weights_path) != parse_rate(self.rate):
+            have = "x".join(map(str, _file_rate(self.weights_path)))
+            raise ValueError(f"{self.name}: {self.weights_path} was trained at rate {have}, the policy asks {self.rate}")
 
     def spec(self) -> str:
-        # The base class compares with type(self)(), which this policy refuses to build.
+        # The base class compares with type(self)(), which may refuse to build without weights.
         diff = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name not in ("rope", "tokens_per_frame") and getattr(self, f.name) != f.default}
         return self.name + (":" + ",".join(f"{k}={v}" for k, v in diff.items()) if diff else "")
 
     @property
+    def weights_path(self) -> str | None:
+        """The compressor file in use (None for random compressors)."""
+        if self.allow_random:
+            return None
+        return self.weights or str(default_path())
+
+    @property
     def factors(self) -> tuple[int, int, int]:
-        return parse_rate(self.rate)
+        if self.rate != "auto":
+            return parse_rate(self.rate)
+        if self.weights_path is None:
+            return parse_rate("2x2x1")
+        return _file_rate(self.weights_path)
 
     @property
     def ring(self) -> int:
@@ -127,7 +154,8 @@ class CompressorMemory(Memory):
         super().reset()
         self.recent_store = SlotStore(capacity=self.ring)
         self.compressed_store = SlotStore(capacity=self.budget)
-        self.encoder: HistoryEncoder | None = None
+        self.encoder: KVCompressor | None = None
+        self.encoder_index = 0
 
     # -- host-side layout (frame indices only) ------------------------------------------------------
     def grid(self) -> tuple[int, int]:
@@ -136,7 +164,7 @@ class CompressorMemory(Memory):
             if n % self.grid_w:
                 raise ValueError(f"{self.name}: frames of {n} tokens do not fit grid_w={self.grid_w}")
             return n // self.grid_w, self.grid_w
-        s = math.isqrt(n)
+        s = int(round(n ** 0.5))
         if s * s != n:
             raise ValueError(f"{self.name}: frames of {n} tokens are not a square grid; give grid_w")
         return s, s
@@ -147,15 +175,13 @@ class CompressorMemory(Memory):
 
     def raw_frames(self) -> range:
         """Frames held uncompressed: the window plus frames waiting for a full group."""
-        return range(self.groups_done() * self.factors[0], self.frames_seen)
+        return layout(self.frames_seen, self.window, self.factors[0], self.budget)[1]
 
     def groups_held(self) -> range:
-        g = self.groups_done()
-        return range(max(0, g - self.budget), g)
+        return layout(self.frames_seen, self.window, self.factors[0], self.budget)[0]
 
     def centre(self, group: int) -> float:
-        t = self.factors[0]
-        return group * t + (t - 1) / 2
+        return group_centre(group, self.factors[0])
 
     # -- Memory ---------------------------------------------------------------------------------
     def _insert_frame(self, k, v, index: int) -> None:
@@ -167,23 +193,18 @@ class CompressorMemory(Memory):
 
     @torch.no_grad()
     def _compress(self, group: int) -> None:
-        t, fh, fw = self.factors
-        gh, gw = self.grid()
-        if gh % fh or gw % fw:
-            raise ValueError(f"{self.name}: token grid {gh}x{gw} is not divisible by the rate's spatial "
-                             f"factors {fh}x{fw} ({self.rate})")
+        t = self.factors[0]
         slots = [f % self.ring for f in range(group * t, group * t + t)]
-        k, v = self.recent_store.k[:, slots], self.recent_store.v[:, slots]  # [B, t, n, H, D]
-        b, _, n, h, d = k.shape
+        k, v = self.recent_store.k[:, slots].flatten(1, 2), self.recent_store.v[:, slots].flatten(1, 2)
         if self.encoder is None:
-            self.encoder = shared_encoder(self.weights, self.seed, self.channels, self.rate, 2 * h * d, k.device)
-        x = torch.cat([k, v], -2).reshape(b, t, gh, gw, 2 * h * d).permute(0, 4, 1, 2, 3)
-        tokens = self.encoder(x.float()).tokens.to(k.dtype)  # [B, (gh/fh)*(gw/fw), 2*H*D]
-        tokens = tokens.reshape(b, -1, 2, h, d)
-        self.compressed_store.write(group % self.budget, tokens[:, :, 0], tokens[:, :, 1])
+            self.encoder, self.encoder_index = shared_compressor(
+                self.weights_path, self.rate, self.channels, self.seed, k.shape[2], k.shape[3], self.grid(),
+                self.layer, k.device)
+        ck, cv = self.encoder.compress(self.encoder_index, k, v)
+        self.compressed_store.write(group % self.budget, ck, cv)
 
     def _view(self, query: ChunkQuery) -> MemoryView | None:
-        raw, groups = self.raw_frames(), self.groups_held()
+        groups, raw = self.groups_held(), self.raw_frames()
         if not raw and not groups:
             return None
         parts, positions = [], []
@@ -225,3 +246,21 @@ class CompressorMemory(Memory):
         return ([Entry(mu=self.centre(g), span=t, position=self.centre(g), first=g * t, kind="compressed")
                  for g in self.groups_held()]
                 + [Entry(mu=float(f), span=1, position=float(f), first=f) for f in self.raw_frames()])
+
+
+_RATES: dict[str, tuple[int, int, int]] = {}
+
+
+def _file_rate(path: str) -> tuple[int, int, int]:
+    """The rate recorded in a compressor file's metadata (read once per path)."""
+    if path not in _RATES:
+        import json
+
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+        if "kv_compressor" not in meta:
+            raise ValueError(f"compressor: {path} is not a K/V compressor file (no 'kv_compressor' metadata)")
+        _RATES[path] = parse_rate(json.loads(meta["kv_compressor"])["rate"])
+    return _RATES[path]

@@ -16,6 +16,8 @@ class MemoryStack:
         if num_layers <= 0:
             raise ValueError(f"num_layers must be positive, got {num_layers}")
         self.layers: list[Memory] = [build_memory(spec) for _ in range(num_layers)]
+        for i, m in enumerate(self.layers):  # per-layer policies (e.g. learned compressors) need it
+            m.layer = i
         self.spec = self.layers[0].spec()
 
     def __len__(self) -> int:

@@ -1,0 +1,418 @@
+"""Training the K/V compressor and the generator that reads it (``fademem train-compressor``).
+
+Two stages, as in the paper, on any :class:`~fademem.model.CausalWanModel` (the embedded model and
+its procedural world by default; a real Wan generator with user latents through the same
+functions):
+
+1. **Frame-preservation pretraining** (generator frozen). A clean history of ``history`` frames
+   goes through the generator once (t = 0, each chunk seeing the chunks of the last ``window + t``
+   frames, like the cache pass of generation); every layer's K/V are compressed group by group;
+   a light retrieval decoder reads every layer's compressed tokens and reconstructs randomly chosen
+   history frames that were replaced by noise at random levels (noise-as-mask). Loss: MSE on the
+   clean latents.
+2. **Generator fine-tuning** through the compressed memory. For a target chunk at a random start
+   ``s`` (up to ``max_start`` frames into a video) the memory is exactly what the ``compressor``
+   policy holds at ``s`` (:func:`fademem.memory.compressor.layout`): the newest ``budget`` groups
+   compressed, the window raw, keys rotated at group centres / frame indices. The generator gets a
+   peft LoRA on its self-attention projections; LoRA and compressor train together on the
+   flow-matching loss of the target chunk (x0 form, noise levels as the embedded model's training).
+
+The history K/V are computed without gradient (the generator's own cache pass does not backpropagate
+either); gradients reach the compressor through the compressed memory and the LoRA through the
+target chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset
+
+from ..memory.base import MemoryView
+from ..memory.compressor import group_centre, layout
+from ..model import sink_window_mask
+from ..rope import apply_rotary
+from .kv import KVCompressor, KVCompressorConfig, KVRetrieval, LoRAInfo
+
+CHUNK = 3
+LORA_TARGETS = r".*self_attn\.(q|k|v|o)$"
+
+
+@dataclass
+class CompressorTrainConfig:
+    rate: str = "4x4x2"
+    channels: str = "32-64-128"
+    hidden: int = 128
+    window: int = 4  # raw frames the policy keeps (its default)
+    budget: int = 40  # compressed groups the policy keeps (its default)
+    history: int = 32  # pretraining history frames (a multiple of the rate's t)
+    queries: int = 4  # frames retrieved per history in pretraining
+    max_start: int = 320  # fine-tuning target chunks start up to here (40 s at 8 fps)
+    batch: int = 32
+    lr: float = 3e-4
+    lora_lr: float = 2e-4
+    lora_rank: int = 16
+    context_noise: float = 0.1
+    schedule_p: float = 0.7
+    pretrain_steps: int = 10 ** 9
+    pretrain_seconds: float | None = 60.0
+    finetune_steps: int = 10 ** 9
+    finetune_seconds: float | None = 240.0
+    freeze_encoder: bool = False  # pretraining ablation: train the decoder on plain span averaging
+    pool: int = 64  # worlds kept per data worker (building one costs far more than rendering a frame)
+    warmup: int = 100
+    workers: int = 4
+    seed: int = 0
+    log_every: int = 50
+
+
+# -- data ---------------------------------------------------------------------------------------------------
+class WorldClips(IterableDataset):
+    """Endless batches of contiguous world clips: frames [lo, s + CHUNK) of videos (uint8), one ``s``
+    per batch; ``pretrain``: s = lo + history - CHUNK (the clip is just the history)."""
+
+    def __init__(self, cfg: CompressorTrainConfig, stage: str, frame_size: int = 64, fps: int = 8,
+                 text_len: int = 64):
+        self.cfg, self.stage, self.size, self.fps, self.text_len = cfg, stage, frame_size, fps, text_len
+        self.pool = cfg.pool
+
+    def span(self, rng: np.random.Generator) -> tuple[int, int]:
+        cfg = self.cfg
+        t = int(cfg.rate.lower().split("x")[0])
+        if self.stage == "pretrain":
+            return 0, cfg.history
+        # log-uniform starts: short and long histories both common; s on the chunk grid
+        s = CHUNK * int(math.exp(rng.uniform(math.log(2), math.log(cfg.max_start / CHUNK))))
+        groups, raw = layout(s, cfg.window, t, cfg.budget)
+        first = groups.start * t if groups else raw.start
+        lo = max(0, first - 2 * (cfg.window + t)) // CHUNK * CHUNK  # some context for the first held frames
+        return lo, s + CHUNK
+
+    def __iter__(self):
+        from ..world import World, sample_prompt, tokenize
+
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.cfg.seed, info.id if info else 0, self.stage == "pretrain"])
+
+        def new_world():
+            prompt = sample_prompt(rng)
+            ids = np.zeros(self.text_len, np.int64)
+            tok = tokenize(prompt)
+            ids[:len(tok)] = tok
+            return World(prompt, int(rng.integers(1 << 31)), self.size, self.fps), ids
+
+        pool = [new_world() for _ in range(self.pool)]
+        while True:
+            for _ in range(4):
+                pool[int(rng.integers(len(pool)))] = new_world()
+            lo, hi = self.span(rng)
+            video = np.empty((self.cfg.batch, hi - lo, self.size, self.size, 3), np.uint8)
+            ids = np.zeros((self.cfg.batch, self.text_len), np.int64)
+            for b in range(self.cfg.batch):
+                world, ids[b] = pool[int(rng.integers(len(pool)))]
+                offset = int(rng.integers(0, 2000))
+                for j in range(hi - lo):
+                    video[b, j] = (world.frame_at(offset + lo + j) * 255 + 0.5).astype(np.uint8)
+            yield {"video": torch.from_numpy(video), "ids": torch.from_numpy(ids), "lo": lo,
+                   "s": hi - CHUNK if self.stage != "pretrain" else hi}
+
+
+def loader(cfg: CompressorTrainConfig, stage: str, device: str) -> DataLoader:
+    return DataLoader(WorldClips(cfg, stage), batch_size=None, num_workers=cfg.workers,
+                      persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers else None,
+                      pin_memory=device.startswith("cuda"))
+
+
+# -- the generator's K/V, and the memory the policy would hold -----------------------------------------------
+@contextmanager
+def kv_taps(model):
+    """Collect every layer's self-attention k (no RoPE phase) and v during a forward."""
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hooks = [blk.self_attn.register_forward_hook(lambda _m, _i, o: out.append((o[1], o[2])))
+             for blk in model.blocks]
+    try:
+        yield out
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@torch.no_grad()
+def history_kv(model, latents: torch.Tensor, context, start: int, window: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (k with spatial phase only, v) [B, F*n, H, D] of clean ``latents`` [B, C, F, h, w]
+    starting at frame ``start``: one forward at t = 0 in which each chunk of 3 frames sees itself
+    and the ``window`` frames before it (the cache pass of generation, with a plain window)."""
+    b, _, f, hh, ww = latents.shape
+    ph, pw = model.config.patch_size[1:]
+    h, w = hh // ph, ww // pw
+    mask = sink_window_mask(f, CHUNK, h * w, budget=window, sink=0, device=latents.device)
+    with kv_taps(model) as taps:
+        model(latents, torch.zeros(b, device=latents.device), context, start_frame=start, attn_mask=mask)
+    spatial = model.rope.freqs(None, h, w, latents.device)
+    return [(apply_rotary(k, spatial), v) for k, v in taps]
+
+
+def compressed_views(comp: KVCompressor, kv: list[tuple[torch.Tensor, torch.Tensor]], lo: int, s: int,
+                     window: int, budget: int, rope, tokens_per_frame: int, layers: list[int] | None = None):
+    """Per layer (k rotated, v, positions) of what the ``compressor`` policy holds when the chunk at
+    ``s`` asks: compressed groups (keys at their centres) then raw frames (keys at their indices).
+    ``kv`` covers frames [lo, s) of the history."""
+    t = comp.cfg.factors[0]
+    n = tokens_per_frame
+    groups, raw = layout(s, window, t, budget)
+    out = []
+    for li, (k, v) in enumerate(kv):
+        layer = layers[li] if layers is not None else li
+        ks, vs, pos = [], [], []
+        if groups:
+            a, b = (groups.start * t - lo) * n, (groups.stop * t - lo) * n
+            if a < 0:
+                raise ValueError(f"history K/V start at frame {lo}, the memory needs frame {groups.start * t}")
+            ck, cv = comp.compress(layer, k[:, a:b], v[:, a:b])
+            gpos = tuple(group_centre(g, t) for g in groups)
+            m = comp.cfg.tokens_per_group
+            ks.append(apply_rotary(ck, rope.temporal_freqs(gpos, ck.device).expand(-1, m, -1)))
+            vs.append(cv)
+            pos += gpos
+        if raw:
+            a, b = (raw.start - lo) * n, (raw.stop - lo) * n
+            rpos = tuple(float(f) for f in raw)
+            ks.append(apply_rotary(k[:, a:b], rope.temporal_freqs(rpos, k.device).expand(-1, n, -1)))
+            vs.append(v[:, a:b])
+            pos += rpos
+        out.append((torch.cat(ks, 1), torch.cat(vs, 1), tuple(pos)) if pos else None)
+    return out
+
+
+class GivenViews:
+    """A stand-in MemoryStack whose layers hand the model fixed (differentiable) views."""
+
+    def __init__(self, views, start: int, num_frames: int = CHUNK):
+        self.layers = [_GivenView(v, start, num_frames) for v in views]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def bind(self, rope, tokens_per_frame):
+        for m in self.layers:
+            m.rope, m.tokens_per_frame = rope, tokens_per_frame
+        return self
+
+
+class _GivenView:
+    needs_queries = False
+    needs_context = False
+
+    def __init__(self, view, start: int, num_frames: int):
+        self.rope, self.tokens_per_frame = None, 0
+        self._view = None
+        if view is not None:  # no attention buffers: the model concatenates (autograd-safe)
+            k, v, pos = view
+            self._view = MemoryView(k, v, pos, tuple(float(start + i) for i in range(num_frames)))
+
+    def view(self, query):
+        return self._view
+
+    def insert(self, *a):
+        raise RuntimeError("fixed training views take no inserts")
+
+
+# -- stages -------------------------------------------------------------------------------------------------
+def _lr(base: float, step: int, elapsed: float, warmup: int, steps: int, seconds: float | None) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, steps - warmup)
+    if seconds:
+        p = max(p, elapsed / seconds)
+    return base * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def _amp(device: str):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast(
+        "cpu", enabled=False)
+
+
+def _latents(batch: dict, codec, device: str) -> torch.Tensor:
+    """A batch's latents [B, C, F, h, w]: given (``latents``) or encoded from uint8 ``video`` [B, F, H, W, 3]."""
+    if "latents" in batch:
+        return batch["latents"].to(device)
+    return codec.encode(batch["video"].to(device, non_blocking=True).float() / 255.0)
+
+
+def kv_config(model, cfg: CompressorTrainConfig, latent_hw: tuple[int, int]) -> KVCompressorConfig:
+    mc = model.config
+    grid = (latent_hw[0] // mc.patch_size[1], latent_hw[1] // mc.patch_size[2])
+    return KVCompressorConfig(layers=mc.num_layers, heads=mc.num_heads, head_dim=mc.head_dim, grid=grid,
+                              rate=cfg.rate, channels=cfg.channels, hidden=cfg.hidden)
+
+
+def pretrain(model, text, codec, cfg: CompressorTrainConfig, device: str = "cuda", batches=None,
+             comp: KVCompressor | None = None, retrieval: KVRetrieval | None = None, log=print):
+    """Stage 1. ``batches``: an iterable of dicts like :class:`WorldClips` yields (default: the world),
+    with ``latents`` [B, C, F, h, w] instead of ``video`` for user data (a real Wan generator). Returns (compressor, retrieval decoder, history of logged losses)."""
+    torch.manual_seed(cfg.seed)
+    model.eval().requires_grad_(False)
+    text.eval().requires_grad_(False)
+    batches = batches if batches is not None else loader(cfg, "pretrain", device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    hist, t0, opt, params = [], time.time(), None, None
+    step = 0
+    for step, batch in enumerate(batches):
+        if step >= cfg.pretrain_steps or (cfg.pretrain_seconds is not None and time.time() - t0 > cfg.pretrain_seconds):
+            break
+        x = _latents(batch, codec, device)  # [B, C, F, h, w]
+        if comp is None:
+            comp = KVCompressor(kv_config(model, cfg, tuple(x.shape[3:]))).to(device)
+        if opt is None:
+            if retrieval is None:
+                retrieval = KVRetrieval(comp.cfg, x.shape[1], tuple(x.shape[3:])).to(device)
+            comp.to(device).train()
+            retrieval.to(device).train()
+            t = comp.cfg.factors[0]
+            if x.shape[2] % t:
+                raise ValueError(f"pretraining history of {x.shape[2]} frames is not whole groups of {t}")
+            comp.requires_grad_(not cfg.freeze_encoder)
+            retrieval.requires_grad_(True)
+            params = [p for p in [*comp.parameters(), *retrieval.parameters()] if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        b, _, f = x.shape[:3]
+        with _amp(device):
+            ctx = model.encode_text(text(batch["ids"].to(device)))
+            kv = history_kv(model, x, ctx, 0, cfg.window + t)
+            views = [comp.compress(i, k, v) for i, (k, v) in enumerate(kv)]
+            centres = torch.tensor([group_centre(g, t) for g in range(f // t)])
+            idx = torch.randint(0, f, (b, cfg.queries), device=device, generator=gen)
+            target = x.permute(0, 2, 1, 3, 4)[torch.arange(b, device=device)[:, None], idx]
+            sigma = 0.5 + 0.5 * torch.rand(b, cfg.queries, device=device, generator=gen)
+            eps = torch.randn(target.shape, device=device, generator=gen)
+            s = sigma[..., None, None, None]
+            pred = retrieval(views, centres, (1 - s) * target + s * eps, sigma, idx.float())
+        loss = F.mse_loss(pred.float(), target)
+        for g in opt.param_groups:
+            g["lr"] = _lr(cfg.lr, step, time.time() - t0, cfg.warmup, cfg.pretrain_steps, cfg.pretrain_seconds)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % cfg.log_every == 0:
+            hist.append({"step": step, "loss": float(loss.detach()), "seconds": round(time.time() - t0, 1)})
+            log(f"pretrain step {step:5d}  retrieval loss {hist[-1]['loss']:.4f}  {time.time() - t0:.0f}s")
+    if comp is not None:
+        comp.eval().requires_grad_(False)
+        retrieval.eval().requires_grad_(False)
+    return comp, retrieval, hist
+
+
+def add_lora(model, rank: int):
+    """peft LoRA on the self-attention projections (B zero-initialised: starts as the base model)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model.requires_grad_(False)
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=LORA_TARGETS),
+                            model)
+    return [p for n, p in model.named_parameters() if "lora_" in n]
+
+
+def lora_state(model) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return {k: v for k, v in get_peft_model_state_dict(model).items()}
+
+
+def finetune(model, text, codec, comp: KVCompressor, cfg: CompressorTrainConfig, device: str = "cuda",
+             batches=None, log=print):
+    """Stage 2 (LoRA is added to ``model`` in place). Returns (LoRA tensors, LoRAInfo, logged losses)."""
+    from ..sampling import FlowSchedule
+    from ..train import degrade, target_sigmas
+
+    torch.manual_seed(cfg.seed + 1)
+    text.eval().requires_grad_(False)
+    lora = add_lora(model, cfg.lora_rank)
+    model.train()
+    comp.requires_grad_(True).train()
+    opt = torch.optim.AdamW([{"params": lora, "lr": cfg.lora_lr, "base": cfg.lora_lr},
+                             {"params": list(comp.parameters()), "lr": cfg.lr, "base": cfg.lr}], weight_decay=0.0)
+    params = lora + list(comp.parameters())
+    batches = batches if batches is not None else loader(cfg, "finetune", device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    sched = torch.tensor(FlowSchedule().sigmas, device=device)
+    t = comp.cfg.factors[0]
+    hist, t0, step = [], time.time(), 0
+    for step, batch in enumerate(batches):
+        if step >= cfg.finetune_steps or (cfg.finetune_seconds is not None and time.time() - t0 > cfg.finetune_seconds):
+            break
+        lo, s = int(batch["lo"]), int(batch["s"])
+        n_hist = s - lo
+        if "latents" in batch:  # user latents (a real Wan generator): no pixel-space blur
+            x_all = batch["latents"].to(device)
+            x_hist, x0 = x_all[:, :, :n_hist], x_all[:, :, n_hist:]
+        else:  # the world's frames; history blurred like the model's own outputs, as in `fademem train`
+            frames = batch["video"].to(device, non_blocking=True).float() / 255.0
+            x_hist = codec.encode(degrade(frames[:, :n_hist], n_hist, 0.5, gen)) if n_hist else None
+            x0 = codec.encode(frames[:, n_hist:])
+        b = x0.shape[0]
+        sigma = target_sigmas(b, cfg.schedule_p, sched, gen)
+        s5 = sigma[:, None, None, None, None]
+        xt = (1 - s5) * x0 + s5 * torch.randn(x0.shape, device=device, generator=gen)
+        with _amp(device):
+            ctx = model.encode_text(text(batch["ids"].to(device)))
+            views = [None] * model.config.num_layers
+            if n_hist:
+                x_hist = x_hist + cfg.context_noise * torch.rand(b, 1, 1, 1, 1, device=device, generator=gen) * \
+                    torch.randn(x_hist.shape, device=device, generator=gen)
+                kv = history_kv(model, x_hist, ctx, lo, cfg.window + t)
+                tpf = kv[0][0].shape[1] // n_hist
+                views = compressed_views(comp, kv, lo, s, cfg.window, cfg.budget, model.rope, tpf)
+            v = model(xt, (sigma * 1000)[:, None].expand(b, CHUNK), ctx, memory=GivenViews(views, s), start_frame=s)
+        loss = (xt - s5 * v.float() - x0).pow(2).mean()
+        for g in opt.param_groups:
+            g["lr"] = _lr(g["base"], step, time.time() - t0, cfg.warmup, cfg.finetune_steps, cfg.finetune_seconds)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % cfg.log_every == 0:
+            hist.append({"step": step, "loss": float(loss.detach()), "start": s, "seconds": round(time.time() - t0, 1)})
+            log(f"finetune step {step:5d}  loss {hist[-1]['loss']:.4f}  start {s:4d}  {time.time() - t0:.0f}s")
+    model.eval()
+    comp.eval().requires_grad_(False)
+    return lora_state(model), LoRAInfo(cfg.lora_rank, float(cfg.lora_rank), [LORA_TARGETS]), hist
+
+
+# -- evaluation ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def retrieval_eval(model, text, codec, comp: KVCompressor, retrieval: KVRetrieval, cfg: CompressorTrainConfig,
+                   device: str = "cpu", clips: int = 32, seed: int = 1234) -> dict:
+    """Retrieve every frame of held-out world histories from pure noise (sigma = 1, one decoder
+    step) and score the decoded pixels: PSNR / SSIM, tokens per group and compression factor."""
+    from ..metrics import psnr, ssim
+
+    ecfg = dict(batch=clips, seed=seed, workers=0, pool=clips)
+    data = next(iter(WorldClips(CompressorTrainConfig(**{**asdict(cfg), **ecfg}), "pretrain")))
+    x = _latents(data, codec, device)
+    b, c, f = x.shape[:3]
+    t = comp.cfg.factors[0]
+    with _amp(device):
+        ctx = model.encode_text(text(data["ids"].to(device)))
+        kv = history_kv(model, x, ctx, 0, cfg.window + t)
+        views = [comp.compress(i, k, v) for i, (k, v) in enumerate(kv)]
+        centres = torch.tensor([group_centre(g, t) for g in range(f // t)])
+        g = torch.Generator().manual_seed(seed)
+        eps = torch.randn((b, f, c, *x.shape[3:]), generator=g).to(device)
+        idx = torch.arange(f, device=device).expand(b, f)
+        pred = retrieval(views, centres, eps, torch.ones(b, f, device=device), idx.float()).float()
+    true = codec.to_frames(x)
+    got = codec.to_frames(pred.permute(0, 2, 1, 3, 4))
+    per_group = comp.cfg.tokens_per_group
+    return {"rate": comp.cfg.rate, "tokens_per_group": per_group, "frames_per_group": t,
+            "compression": t * comp.cfg.tokens_per_frame / per_group, "clips": b, "frames": f,
+            "psnr": float(psnr(got, true, max_db=100.0).mean()), "ssim": float(ssim(got, true).mean())}
