@@ -108,7 +108,9 @@ class WanRoPE:
         """cos/sin of the temporal band at each position: two float32 [len(positions), t_pairs]."""
         device = torch.device(device)
         if isinstance(positions, torch.Tensor):
-            ang = positions.to(device=device, dtype=torch.float32)[:, None] * self.inv_t.to(device, torch.float32)
+            # inv_t cached on the device: a pageable host->device copy per call would sync the host
+            inv = self._remember(("inv_t", str(device)), lambda: _to_device(self.inv_t.to(torch.float32), device))
+            ang = positions.to(device=device, dtype=torch.float32)[:, None] * inv
             return ang.cos(), ang.sin()
 
         def make():

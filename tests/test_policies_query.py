@@ -185,7 +185,8 @@ def test_omnimem_offload_keeps_history_on_host():
         dev.insert(k, v, c * F)
         host.insert(k, v, c * F)
     assert host.host_nbytes() > 0 and dev.host_nbytes() == 0
-    assert host.nbytes() < dev.nbytes() and host.store.k.device.type == "cpu"
+    assert host.nbytes() < dev.nbytes() and all(c.device.type == "cpu" for c in host.store.chunks)
+    assert host.device_nbytes()["history"] == 0 and dev.device_nbytes()["history"] == dev.store.nbytes()
     assert host.frame_slots() == {} and len(dev.frame_slots()) == 18
 
 

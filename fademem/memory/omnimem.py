@@ -31,11 +31,20 @@ inside one softmax:
   the window frames, then ``nan`` for each selected block (their frames differ per head).
 
 Positions are absolute (every key at its frame index, the chunk at its true frames).
-``offload=True`` keeps the full-resolution history on the host (pinned when CUDA is present) and
-copies only the window and the selected blocks to the device; the block keys stay on the device.
-Fetching host blocks needs the selected indices on the host: one device-to-host copy per view
-(the only sync; the released kernel reads mapped host memory instead). ``nbytes()`` reports device
-bytes, ``host_nbytes()`` the host history, which grows with the video in both modes' store.
+
+**Where the history lives.** By default the full-resolution history is a device ``SlotStore``
+(grows with the video). ``offload=True`` keeps it in host memory (:class:`HostFrames`: pinned
+chunks of ``host_chunk`` frames, 0 = about 256 MiB each, allocated as the video grows and never
+moved); new frames leave the device with non-blocking copies and the recent window comes back
+the same way. Selection stays on the device (the block keys live there), and ``gather`` says how
+the selected blocks are fetched: ``triton`` reads them straight from the pinned chunks with a
+small kernel (UVA, driven by the device index tensor: no host sync in ``view``/``insert``) into a
+reused device buffer of at most ``topk`` blocks per head; ``torch`` indexes the host chunks
+(the indices go to the host: one sync per view); ``auto`` (default) takes Triton on CUDA when it
+is installed. Both give bitwise the same view as the device store. What stays on the device and
+grows is the block keys (float32 means, 1/block_tokens of the history's keys):
+``device_nbytes()`` reports them apart from the history and the bounded window + gather buffer;
+``host_nbytes()`` / ``host_usage()`` report the host store (allocated and used bytes).
 Prompt switches recompute held frames only without offload (``frame_slots``); block keys follow.
 """
 
@@ -43,13 +52,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from ..rope import WanRoPE
+from ..rope import WanRoPE, _to_device
 from .base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
 from .deepforcing import rotate_tokens
+from .host_store import HostFrames
 from .registry import register
 from .window import check_int
 
@@ -82,6 +92,8 @@ class OmniMemMemory(Memory):
     window_chunks: int = 3
     exclude_window: bool = True
     offload: bool = False
+    host_chunk: int = 0  # offload: frames per pinned host allocation (0: ~256 MiB per allocation)
+    gather: Literal["auto", "triton", "torch"] = "auto"  # offload: how selected blocks leave the host
 
     state_attrs: ClassVar[tuple[str, ...]] = ("blocks",)
 
@@ -92,6 +104,11 @@ class OmniMemMemory(Memory):
         for knob in ("exclude_window", "offload"):
             if not isinstance(getattr(self, knob), bool):
                 raise ValueError(f"{n}: {knob} must be a bool, got {getattr(self, knob)!r}")
+        check_int(n, "host_chunk", self.host_chunk, 0)
+        if self.gather not in ("auto", "triton", "torch"):
+            raise ValueError(f"{n}: gather must be auto, triton or torch, got {self.gather!r}")
+        if self.gather != "auto" and not self.offload:
+            raise ValueError(f"{n}: gather={self.gather} only applies with offload=true (the host-resident history)")
         self._check_grid(parse_grid(n, self.grid) or (30, 52))  # "auto" is 30x52
 
     def _check_grid(self, g: tuple[int, int]) -> None:
@@ -114,6 +131,7 @@ class OmniMemMemory(Memory):
         gh, gw, bh, bw = g[0], g[1], self.block_h, self.block_w
         self._perm = torch.arange(gh * gw).view(gh // bh, bh, gw // bw, bw).permute(0, 2, 1, 3).reshape(-1)
         self._inv = torch.argsort(self._perm)
+        self._scratch.clear()  # device copies of the old permutation
         return self
 
     @property
@@ -126,20 +144,22 @@ class OmniMemMemory(Memory):
 
     def reset(self) -> None:
         super().reset()
-        self.store = SlotStore(capacity=None)  # block-major frames; on the host with offload
+        # block-major frames: a growing device SlotStore, or pinned host chunks with offload
+        self.store = HostFrames(self.host_chunk) if self.offload else SlotStore(capacity=None)
         self.blocks: torch.Tensor | None = None  # [B, cap * blocks_per_frame, H, D] float32 mean keys
         self._win: tuple | None = None
+        self._scratch: dict[str, torch.Tensor] = {}  # reused device tensors (gather buffer, permutation); not state
 
     # -- writing ----------------------------------------------------------------------------------
     def _block_major(self, k: torch.Tensor) -> torch.Tensor:
-        return k.index_select(1, self._perm.to(k.device))
+        key = f"perm:{k.device}"
+        if key not in self._scratch:  # a pageable host->device copy per insert would sync
+            self._scratch[key] = _to_device(self._perm, k.device)
+        return k.index_select(1, self._scratch[key])
 
     def _write(self, index: int, k: torch.Tensor, v: torch.Tensor) -> None:
         kb, vb = self._block_major(k), self._block_major(v)
-        if self.offload:
-            self._host_write(index, kb, vb)
-        else:
-            self.store.write(index, kb, vb)
+        self.store.write(index, kb, vb)
         b, _, h, d = k.shape
         nb = self.blocks_per_frame
         mean = kb.float().view(b, nb, self.block_tokens, h, d).mean(dim=2)
@@ -152,21 +172,6 @@ class OmniMemMemory(Memory):
         self.blocks[:, index * nb:need].copy_(mean)
         self._win = None
 
-    def _host_write(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        s = self.store
-        if s.k is None or slot >= s.k.shape[1]:
-            b, t, h, d = k.shape
-            n = max(8, slot + 1, 2 * (0 if s.k is None else s.k.shape[1]))
-            pin = torch.cuda.is_available()
-            nk = torch.zeros((b, n, t, h, d), dtype=k.dtype, pin_memory=pin)
-            nv = torch.zeros((b, n, t, h, d), dtype=k.dtype, pin_memory=pin)
-            if s.k is not None:
-                nk[:, :s.k.shape[1]].copy_(s.k)
-                nv[:, :s.k.shape[1]].copy_(s.v)
-            s.k, s.v, s.n_tok = nk, nv, t
-        s.k[:, slot].copy_(k, non_blocking=True)
-        s.v[:, slot].copy_(v, non_blocking=True)
-
     def _insert_frame(self, k: torch.Tensor, v: torch.Tensor, index: int) -> None:
         self._write(index, k, v)
 
@@ -178,10 +183,12 @@ class OmniMemMemory(Memory):
     def _window(self, device: torch.device, win: range):
         key = (self.frames_seen, win.start, str(device))
         if self._win is None or self._win[0] != key:
-            b, _, t, h, d = self.store.k.shape
-            k = self.store.k[:, win.start:win.stop].reshape(b, len(win) * t, h, d)
-            v = self.store.v[:, win.start:win.stop].reshape(b, len(win) * t, h, d)
-            k, v = k.to(device, non_blocking=True), v.to(device, non_blocking=True)
+            if self.offload:
+                k, v = self.store.read(win.start, win.stop, device)  # async H2D from pinned chunks
+            else:
+                b, _, t, h, d = self.store.k.shape
+                k = self.store.k[:, win.start:win.stop].reshape(b, len(win) * t, h, d)
+                v = self.store.v[:, win.start:win.stop].reshape(b, len(win) * t, h, d)
             self._win = (key, self.rotated(k, tuple(float(f) for f in win)), v)
         return self._win[1], self._win[2]
 
@@ -244,22 +251,29 @@ class OmniMemMemory(Memory):
         return MemoryView(k, v, tuple(positions), self.chunk_positions(query), mask)
 
     def _gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each head's own blocks: [B, k*block, H, D] for k and v."""
+        """Each head's own blocks: [B, k*block, H, D] for k and v, in a reused buffer that holds
+        ``topk`` blocks per head at most (so the view never copies a union of the heads' blocks)."""
         b, h, k = idx.shape
         tb = self.block_tokens
-        sk, sv = self.store.k, self.store.v  # [B, cap, T, H, D]
-        d = sk.shape[-1]
-        kb = sk.view(b, -1, tb, h, d)
-        vb = sv.view(b, -1, tb, h, d)
-        device = idx.device
+        d = self.blocks.shape[-1]
+        dtype = self.store.dtype if self.offload else self.store.k.dtype
+        need = 2 * b * k * tb * h * d
+        buf = self._scratch.get("gather")
+        if buf is None or buf.numel() < need or buf.dtype != dtype or buf.device != idx.device:
+            # grows with the candidate count until it holds topk blocks, then stays fixed
+            cap = min(self.topk, max(k, 2 * (buf.numel() // (2 * b * tb * h * d) if buf is not None else 0)))
+            buf = torch.empty(2 * b * cap * tb * h * d, dtype=dtype, device=idx.device)
+            self._scratch["gather"] = buf
+        out = buf[:need].view(2, b, k * tb, h, d)
         if self.offload:
-            idx = idx.cpu()  # the host must know which blocks to copy (documented sync)
-        gi = idx.permute(0, 2, 1)[:, :, None, :, None].expand(b, k, tb, h, d)
-        out_k = kb.gather(1, gi).reshape(b, k * tb, h, d)
-        out_v = vb.gather(1, gi).reshape(b, k * tb, h, d)
-        if self.offload:
-            out_k, out_v = out_k.to(device, non_blocking=True), out_v.to(device, non_blocking=True)
-        return out_k, out_v
+            self.store.gather(idx, tb, out, self.gather)
+        else:
+            kb = self.store.k.view(b, -1, tb, h, d)
+            vb = self.store.v.view(b, -1, tb, h, d)
+            gi = idx.permute(0, 2, 1)[:, :, None, :, None].expand(b, k, tb, h, d)
+            torch.gather(kb, 1, gi, out=out[0].view(b, k, tb, h, d))
+            torch.gather(vb, 1, gi, out=out[1].view(b, k, tb, h, d))
+        return out[0], out[1]
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def entries(self) -> list[Entry]:
@@ -282,18 +296,47 @@ class OmniMemMemory(Memory):
     def _replace_frame(self, frame, store, slot, k, v) -> None:
         self._write(frame, k, v)  # also refreshes the frame's block keys
 
-    def nbytes(self) -> int:
-        dev = 0 if self.offload else self.store.nbytes()
-        if self.blocks is not None:
-            dev += self.blocks.numel() * self.blocks.element_size()
+    def device_nbytes(self) -> dict[str, int]:
+        """Device bytes by part: the history (0 with offload), the block keys (grow with the video,
+        1/block_tokens of the history's keys, float32), the cached window and the gather buffer
+        (both bounded)."""
+        def size(t):
+            return 0 if t is None else t.numel() * t.element_size()
+        window = 0
         if self._win is not None:
-            dev += 2 * self._win[1].numel() * self._win[1].element_size()
-        return dev
+            wv = self._win[2]
+            shared = not self.offload and wv.untyped_storage().data_ptr() == self.store.v.untyped_storage().data_ptr()
+            window = size(self._win[1]) + (0 if shared else size(wv))  # device-mode values may be store views
+        return {"history": 0 if self.offload else self.store.nbytes(), "block_keys": size(self.blocks),
+                "window": window, "gather_buffer": size(self._scratch.get("gather"))}
+
+    def nbytes(self) -> int:
+        return sum(self.device_nbytes().values())
 
     def host_nbytes(self) -> int:
-        """Host bytes of the offloaded full-resolution history (0 without offload)."""
+        """Host bytes allocated for the offloaded full-resolution history (0 without offload)."""
         return self.store.nbytes() if self.offload else 0
+
+    def host_usage(self) -> dict[str, Any]:
+        """The host store: allocated (capacity) and used bytes, chunks, frames per chunk, pinned."""
+        if not self.offload:
+            return {"capacity_bytes": 0, "used_bytes": 0, "chunks": 0, "chunk_frames": 0, "pinned": False}
+        s = self.store
+        return {"capacity_bytes": s.nbytes(), "used_bytes": s.used_nbytes(), "chunks": len(s.chunks),
+                "chunk_frames": s.chunk_frames, "pinned": s.pin}
+
+    def state_dict(self) -> dict[str, Any]:
+        out = super().state_dict()
+        if self.offload:
+            kv = self.store.tensors()
+            out["host_store"] = None if kv is None else {"k": kv[0], "v": kv[1]}
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        if self.offload:
+            if "host_store" not in state:
+                raise ValueError("state has no 'host_store' entry")
+            if state["host_store"] is not None:
+                self.store.load(state["host_store"]["k"], state["host_store"]["v"])
         self._win = None
