@@ -187,6 +187,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> t
     return out.transpose(1, 2).flatten(2)
 
 
+def _needs_grad(*ts: torch.Tensor) -> bool:
+    """Training: the single-kernel ``out=`` forms below do not support autograd."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
 def modulate(x32: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
              dtype: torch.dtype | None = None) -> torch.Tensor:
     """x32 * (1 + scale) + shift in float32, returned in ``dtype`` (default float32).
@@ -194,7 +199,7 @@ def modulate(x32: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
     b, n, d = x32.shape
     f = shift.shape[1]
     x4 = x32.view(b, f, n // f, d)
-    if torch.compiler.is_compiling() or dtype in (None, torch.float32):
+    if torch.compiler.is_compiling() or dtype in (None, torch.float32) or _needs_grad(x32, shift, scale):
         return (x4 * (1 + scale) + shift).view(b, n, d).to(dtype or torch.float32)
     out = torch.empty((b, n, d), dtype=dtype, device=x32.device)
     torch.addcmul(shift, x4, 1 + scale, out=out.view(b, f, n // f, d))  # float32 math, one rounding
@@ -205,7 +210,7 @@ def gated_add(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Ten
     """x + y * gate in float32 (gate per frame), back to x's dtype (one kernel in eager)."""
     b, n, d = x.shape
     f = gate.shape[1]
-    if torch.compiler.is_compiling() or x.dtype == torch.float32:
+    if torch.compiler.is_compiling() or x.dtype == torch.float32 or _needs_grad(x, y, gate):
         return (x.float() + (y.float().view(b, f, n // f, d) * gate).view(b, n, d)).to(x.dtype)
     out = torch.empty_like(x)
     torch.addcmul(x.view(b, f, n // f, d), y.view(b, f, n // f, d), gate, out=out.view(b, f, n // f, d))

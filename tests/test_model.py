@@ -297,3 +297,16 @@ def test_model_built_under_a_device_context_keeps_rope_tables_on_the_host():
     for start in (0, 3):
         out = model(x, torch.zeros(1, 3, device="meta"), ctx, memory=stack, start_frame=start, write_memory=True)
     assert out.device.type == "meta"
+
+
+def test_training_backward_under_bf16_autocast():
+    """The hot path's single-kernel out= forms step aside when gradients are needed."""
+    torch.manual_seed(0)
+    model = CausalWanModel(WanConfig.tiny())
+    x, ctx = torch.randn(1, 16, 3, 8, 8), torch.randn(1, 16, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x, torch.tensor([500.0]), ctx).float().pow(2).mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.blocks[0].parameters())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # inference keeps the fused forms
+        assert torch.isfinite(model(x, torch.tensor([500.0]), ctx)).all()
