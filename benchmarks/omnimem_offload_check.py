@@ -73,13 +73,13 @@ def timed_ms(fn, device, reps: int = 20) -> float:
 
 # -- 1. gather check ----------------------------------------------------------------------------------
 def gather_case(device, b, t, h, d, tb, frames, k, dtype, chunk_frames, seed=0) -> dict:
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    kv = torch.randn(frames, 2, b, t, h, d, generator=g).to(device=device, dtype=dtype)
+    g = torch.Generator(device=device).manual_seed(seed)  # drawn on the device: the large case is 0.4 G values
+    kv = torch.randn(frames, 2, b, t, h, d, generator=g, device=device).to(dtype)
     store = hs.HostFrames(chunk_frames=chunk_frames)
     for f in range(frames):  # non-blocking D2H writes; the gather below is enqueued right behind them
         store.write(f, kv[f, 0], kv[f, 1])
     nb = t // tb
-    idx = torch.randint(0, frames * nb, (b, h, k), generator=g).to(device)
+    idx = torch.randint(0, frames * nb, (b, h, k), generator=g, device=device)
     ref = kv.permute(1, 2, 0, 3, 4, 5).reshape(2, b, frames * nb, tb, h, d)
     gi = idx.permute(0, 2, 1)[None, :, :, None, :, None].expand(2, b, k, tb, h, d)
     want = ref.gather(2, gi).reshape(2, b, k * tb, h, d)
