@@ -80,6 +80,7 @@ class Chunk:
     frames: torch.Tensor | None  # decoded uint8 frames [B, T, H, W, 3] on the CPU, None without decoder
     prompts: list[str] = field(default_factory=list)  # the prompts in effect (one per batch item)
     recached: list[int] = field(default_factory=list)  # frames re-encoded by a switch before this chunk
+    cache_only: bool = False  # denoising skipped (generate(cache_only=...)): latents are its noise
 
     @property
     def num_frames(self) -> int:
@@ -171,6 +172,64 @@ def plan_switches(switches, num_frames: int, frames_per_chunk: int, batch: int) 
     return plan
 
 
+class _DecodeQueue:
+    """Hands finished chunks to the decoder and gives them back, decoded, in order.
+
+    Sequential: ``put`` decodes at once and ``ready`` returns the chunk. Overlapped (CUDA): ``put``
+    queues the decode on a side stream that first waits for the main stream's work so far (the
+    chunk's latents are final there), and the chunk comes out of ``ready`` only at the next
+    ``put`` -- after the next chunk's DiT work has been queued on the main stream -- or at
+    ``drain``; its frames are then waited for. ``record_stream`` keeps the latents' memory from
+    being reused by the main stream while the side stream may still read it.
+    """
+
+    def __init__(self, decoder, device: torch.device, overlap: bool):
+        self.decoder = decoder
+        self.overlap = overlap and decoder is not None
+        self.side = torch.cuda.Stream(device) if self.overlap and device.type == "cuda" else None
+        self.pending: deque = deque()  # (chunk, pending frames)
+        self.out: list[Chunk] = []
+
+    def put(self, chunk: Chunk) -> None:
+        if self.decoder is None:
+            self.out.append(chunk)
+            return
+        if not self.overlap:
+            chunk.frames = self.decoder.decode(chunk.latents)
+            self.out.append(chunk)
+            return
+        done = self.drain()  # the previous chunk: its decode ran beside this chunk's DiT
+        self.out.extend(done)
+        self.pending.append((chunk, self._launch(chunk.latents)))
+
+    def _launch(self, latents: torch.Tensor):
+        start = getattr(self.decoder, "decode_async", None)
+        if self.side is None:
+            return start(latents) if callable(start) else self.decoder.decode(latents)
+        self.side.wait_stream(torch.cuda.current_stream(latents.device))
+        latents.record_stream(self.side)
+        with torch.cuda.stream(self.side):
+            return start(latents) if callable(start) else self.decoder.decode(latents)
+
+    def ready(self) -> list[Chunk]:
+        out, self.out = self.out, []
+        return out
+
+    def drain(self) -> list[Chunk]:
+        out = self.ready()
+        while self.pending:
+            chunk, frames = self.pending.popleft()
+            chunk.frames = frames.result() if hasattr(frames, "result") else frames
+            out.append(chunk)
+        return out
+
+    def close(self) -> None:
+        """Wait for decodes still in flight (a generator closed early)."""
+        if self.side is not None:
+            self.side.synchronize()
+        self.pending.clear()
+
+
 # -- the pipeline --------------------------------------------------------------------------------
 class VideoPipeline:
     """Chunk-wise sampler over a causal DiT with a bounded memory.
@@ -180,12 +239,21 @@ class VideoPipeline:
                    (only used with prompt switches); ``cfg.num_layers``.
     text_encoder:  ``TextEncoder`` (prompts -> [B, L, text_dim]).
     decoder:       ``Decoder`` or None (latents only).
+    overlap_decode: decode chunk i on a side CUDA stream while the DiT denoises chunk i+1. Chunk i
+                   is then yielded once chunk i+1 has been sampled (and its memory written), with
+                   the same frames as without overlap. Off by default: both compete for the same
+                   SMs, and ``fademem bench speed`` measures whether it pays on a given GPU.
+                   Off CUDA the decode runs in place (same order of yields, for tests).
+    cuda_graph:    replay the denoising forwards from a CUDA graph once a bounded memory is full
+                   (``fademem.cuda_graph.GraphedDenoiser``; query-aware policies stay eager).
+                   Off CUDA the same static-buffer path runs without a graph.
     """
 
     def __init__(self, model, text_encoder: TextEncoder, decoder: Decoder | None = None, *,
                  frames_per_chunk: int = 3, steps: Sequence[float] = DEFAULT_STEPS,
                  shift: float = DEFAULT_SHIFT, context_noise: float = 0.0,
-                 recache_limit: int = RECACHE_LIMIT):
+                 recache_limit: int = RECACHE_LIMIT, overlap_decode: bool = False,
+                 cuda_graph: bool = False):
         if frames_per_chunk <= 0:
             raise ValueError(f"frames_per_chunk must be positive, got {frames_per_chunk}")
         if not 0.0 <= context_noise < 1000.0:
@@ -204,6 +272,12 @@ class VideoPipeline:
         self.schedule = FlowSchedule(tuple(steps), shift)
         self.context_noise = float(context_noise)
         self.recache_limit = recache_limit
+        self.overlap_decode = bool(overlap_decode)
+        self.graphed = None
+        if cuda_graph:
+            from .cuda_graph import GraphedDenoiser
+
+            self.graphed = GraphedDenoiser(model)
         self.memory = None  # the MemoryStack of the last generate() call
 
     @property
@@ -233,7 +307,8 @@ class VideoPipeline:
     # -- sampling -------------------------------------------------------------------------------
     def generate(self, prompts: str | Sequence[str], num_frames: int, memory="full", seed: int = 0,
                  noise: torch.Tensor | None = None, switches=None, latent_shape: Sequence[int] = (16, 60, 104),
-                 progress: bool = True, prefix: torch.Tensor | None = None) -> Iterator[Chunk]:
+                 progress: bool = True, prefix: torch.Tensor | None = None,
+                 cache_only=None) -> Iterator[Chunk]:
         """Yield each finished chunk (clean latents, and decoded frames when a decoder is set).
 
         prompts:      one prompt or one per batch item.
@@ -248,6 +323,12 @@ class VideoPipeline:
                       and is yielded like one. Their noise is still drawn, so the chunks after the prefix
                       get the same noise as without it (a prefix equal to the model's own first P frames
                       reproduces the unforced video).
+        cache_only:   chunk indices (a collection, or a callable index -> bool) whose four denoising
+                      forwards are skipped: the cache-writing forward runs on the chunk's initial
+                      noise and the chunk is yielded with ``cache_only=True``. For speed measurements
+                      of long videos: the memory receives every chunk at the right frames and
+                      positions (its shapes and bookkeeping are a real run's) at a fifth of the cost;
+                      the K/V values, and the video, are not. Noise draws stay aligned.
         """
         prompts = _as_batch(prompts)
         batch = len(prompts)
@@ -275,9 +356,13 @@ class VideoPipeline:
                                  f"({fpc}) and at most num_frames ({num_frames})")
         plan = plan_switches(switches, num_frames, fpc, batch)
         stack = self._build_memory(memory)  # a bad spec fails here, not at the first chunk
-        return self._run(prompts, num_frames, stack, int(seed), noise, plan, shape, progress, prefix)
+        if cache_only is not None and not callable(cache_only):
+            skip = frozenset(int(i) for i in cache_only)
+            cache_only = skip.__contains__
+        return self._run(prompts, num_frames, stack, int(seed), noise, plan, shape, progress, prefix, cache_only)
 
-    def _run(self, prompts, num_frames, stack, seed, noise, plan, shape, progress, prefix=None) -> Iterator[Chunk]:
+    def _run(self, prompts, num_frames, stack, seed, noise, plan, shape, progress, prefix=None,
+             cache_only=None) -> Iterator[Chunk]:
         batch, c, _, h, w = shape
         fpc = self.frames_per_chunk
         device, dtype = self._device_dtype()
@@ -308,6 +393,9 @@ class VideoPipeline:
         self.memory = stack
         if self.decoder is not None:
             self.decoder.reset()
+        if self.graphed is not None:
+            self.graphed.reset()
+        decode = _DecodeQueue(self.decoder, device, self.overlap_decode)
         ring: deque[tuple[int, torch.Tensor]] = deque(maxlen=self.recache_limit)
         with torch.no_grad():
             ctx = self._context(states[0].to(device))
@@ -321,6 +409,7 @@ class VideoPipeline:
         try:
             for index, start in enumerate(range(0, num_frames, fpc)):
                 recached: list[int] = []
+                skipped = cache_only is not None and cache_only(index)
                 with torch.no_grad():
                     if next_switch < len(plan) and plan[next_switch][0] == start:
                         current = plan[next_switch][1]
@@ -332,9 +421,11 @@ class VideoPipeline:
                         # draw what sampling would have drawn, so later chunks get the same noise
                         for g in ([g_init] if noise is None else []) + [g_step] * (len(self.schedule) - 1):
                             torch.randn((batch, c, fpc, h, w), generator=g)
+                    elif skipped:
+                        x0 = self._chunk_noise(start, fpc, noise, g_init, g_step, randn, device, dtype)
                     else:
                         x0 = self._denoise_chunk(stack, ctx, start, fpc, noise, g_init, g_step, randn, device, dtype)
-                    if not bool(torch.isfinite(x0).all()):  # the one host sync of the chunk
+                    if not skipped and not bool(torch.isfinite(x0).all()):  # the one host sync of the chunk
                         raise NonFiniteError(
                             f"chunk {index} (latent frames {start}-{start + fpc - 1}) contains NaN/inf after "
                             f"denoising (model dtype {dtype}); the checkpoint or the memory may be broken, "
@@ -343,13 +434,29 @@ class VideoPipeline:
                     if self.recache_limit:
                         for f in range(fpc):
                             ring.append((start + f, x0[:, :, f].clone()))
-                    frames = self.decoder.decode(x0) if self.decoder is not None else None
+                    # queued after this chunk's DiT work; with overlap it runs beside the next chunk's
+                    decode.put(Chunk(index, start, x0, None, list(current), recached, skipped))
+                for done in decode.ready():
+                    if bar is not None:
+                        bar.update(1)
+                    yield done
+            for done in decode.drain():
                 if bar is not None:
                     bar.update(1)
-                yield Chunk(index, start, x0, frames, list(current), recached)
+                yield done
         finally:
+            decode.close()
             if bar is not None:
                 bar.close()
+
+    def _chunk_noise(self, start, fpc, noise, g_init, g_step, randn, device, dtype) -> torch.Tensor:
+        """A cache-only chunk's input: its initial noise, drawn exactly as ``_denoise_chunk`` draws."""
+        n = len(self.schedule.timesteps)
+        gens = ([] if noise is not None else [g_init]) + [g_step] * (n - 1)
+        drawn = randn(fpc, gens) if gens else None
+        if noise is not None:
+            return noise[:, :, start:start + fpc].to(device=device, dtype=dtype)
+        return drawn[0]
 
     def _denoise_chunk(self, stack, ctx, start, fpc, noise, g_init, g_step, randn, device, dtype):
         sched = self.schedule
@@ -365,9 +472,10 @@ class VideoPipeline:
             x, renoise = drawn[0], drawn[1:]
         batch = x.shape[0]
         x0 = x
+        forward = self.graphed if self.graphed is not None else self.model
         for i, t in enumerate(sched.timesteps):
             tt = torch.full((batch, fpc), t, device=device, dtype=torch.float32)
-            v = self.model(x, tt, ctx, memory=stack, start_frame=start, write_memory=False)
+            v = forward(x, tt, ctx, memory=stack, start_frame=start, write_memory=False)
             x0 = sched.x0_from_flow(x, v, sched.sigmas[i])
             if i + 1 < n:
                 x = sched.add_noise(x0, renoise[i], sched.sigmas[i + 1])

@@ -25,8 +25,33 @@ WAN_FPS = 16
 
 def to_uint8(video: torch.Tensor) -> torch.Tensor:
     """[B, 3, T, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3] on the CPU (rounded)."""
+    return uint8_frames(video).cpu()
+
+
+def uint8_frames(video: torch.Tensor) -> torch.Tensor:
+    """[B, 3, T, H, W] in [-1, 1] -> contiguous uint8 [B, T, H, W, 3] on the video's device."""
     x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 4, 1).contiguous().cpu()
+    return x.permute(0, 2, 3, 4, 1).contiguous()
+
+
+class PendingFrames:
+    """Decoded frames on their way to the host: ``result()`` waits for them (uint8 [B, T, H, W, 3], CPU).
+
+    On CUDA the device-to-host copy goes into pinned memory without blocking the host; an event
+    recorded after it on the stream that ran the decode says when the frames are there.
+    """
+
+    def __init__(self, frames: torch.Tensor, event=None):
+        self._frames, self._event = frames, event
+
+    def done(self) -> bool:
+        return self._event is None or self._event.query()
+
+    def result(self) -> torch.Tensor:
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+        return self._frames
 
 
 class WanVAEDecoder:
@@ -48,6 +73,8 @@ class WanVAEDecoder:
                 raise ValueError(f"VAE config '{name}' must list {z} values (z_dim), got {vals}")
         self.mean = torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, z, 1, 1, 1)
         self.std = torch.tensor(cfg.latents_std, dtype=torch.float32).view(1, z, 1, 1, 1)
+        # per-device copies: a pageable host->device copy per chunk would wait for the stream
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.z_dim = z
         self.temporal_scale = 2 ** sum(bool(b) for b in cfg.temperal_downsample)
         self.spatial_scale = int(getattr(cfg, "scale_factor_spatial", None) or 8)
@@ -92,7 +119,10 @@ class WanVAEDecoder:
 
     def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
         """DiT latents -> VAE latents: latents * std + mean (in float32, per channel)."""
-        mean, std = self.mean.to(latents.device), self.std.to(latents.device)
+        dev = latents.device
+        if dev not in self._stats:
+            self._stats[dev] = (self.mean.to(dev), self.std.to(dev))
+        mean, std = self._stats[dev]
         return latents.float() * std + mean
 
     @torch.no_grad()
@@ -126,6 +156,20 @@ class WanVAEDecoder:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Next latent frames [B, C, F, h, w] (normalised) -> uint8 frames [B, T, H, W, 3] on the CPU."""
         return to_uint8(self.decode_float(latents))
+
+    def decode_async(self, latents: torch.Tensor) -> PendingFrames:
+        """``decode`` without waiting for the frames: the work is queued on the current stream (the
+        pipeline's side stream when it overlaps decoding with the next chunk) and the host copy
+        is non-blocking; ``result()`` of the returned handle gives what ``decode`` would have.
+        Off CUDA this is ``decode``."""
+        frames = uint8_frames(self.decode_float(latents))
+        if frames.device.type != "cuda":
+            return PendingFrames(frames.cpu())
+        host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
+        host.copy_(frames, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return PendingFrames(host, event)
 
     @staticmethod
     def video_frames(latent_frames: int) -> int:
