@@ -312,6 +312,22 @@ def bench() -> None:
 @click.option("--seconds", default=60.0, show_default=True, type=float, help="Video length (16 fps, 4 video frames per latent frame).")
 @click.option("--full-max-frames", default=120, show_default=True, type=int,
               help="Cap (latent frames) for the unbounded 'full' policy; 0 = no cap.")
+@click.option("--long-policies", default="", help="Specs run for --long-seconds in the timed mode (see --timed-every).")
+@click.option("--long-seconds", default=600.0, show_default=True, type=float)
+@click.option("--timed-every", default=None, type=float,
+              help="Timed mode: time windows of --timed-chunks chunks every N seconds of video (and the first "
+                   "--timed-first chunks and the last window); the other chunks run only the cache-writing forward. "
+                   "Applies to --long-policies (default 60) and, when given, to --policies.")
+@click.option("--timed-chunks", default=4, show_default=True, type=int, help="Chunks per timed window.")
+@click.option("--timed-first", default=40, show_default=True, type=int, help="Chunks timed at the start of a timed-mode run.")
+@click.option("--e2e-policies", default="", help="Specs run end to end: DiT + streaming decode by a random-weight "
+                                                 "Wan2.1 VAE (needs diffusers).")
+@click.option("--e2e-seconds", default=7.5, show_default=True, type=float)
+@click.option("--overlap", default="both", show_default=True, type=click.Choice(["off", "on", "both"]),
+              help="End to end: decode in place, on a side stream overlapped with the next chunk, or both "
+                   "(both on the first --e2e-policies spec).")
+@click.option("--vae", "vae_kind", default="wan2.1", show_default=True, type=click.Choice(["wan2.1", "tiny"]),
+              help="VAE configuration for --e2e-policies (tiny: tests).")
 @click.option("--config", "config_name", default="1.3b", show_default=True, type=click.Choice(["1.3b", "14b", "tiny"]))
 @click.option("--latent", default="16x60x104", show_default=True, help="Latent C x h x w (480x832 video: 16x60x104).")
 @click.option("--device", default="cuda", show_default=True)
@@ -322,19 +338,25 @@ def bench() -> None:
 @click.option("--compile", "compile_mode", default="none", show_default=True,
               type=click.Choice(["none", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"]),
               help="Regional torch.compile of the memory-free block parts for the policy sweep.")
-@click.option("--variants", default="", help="Extra runs of --variant-policy, e.g. 'eager,sdpa=cudnn,sdpa=flash,"
-                                             "compile=default'; the first is the baseline for speed-ups.")
+@click.option("--variants", default="", help="Extra runs of --variant-policy, e.g. 'eager,graph,sdpa=cudnn,"
+                                             "compile=default' ('graph': CUDA-graph replay of the denoising "
+                                             "forwards; parts join with '+'); the first is the baseline.")
 @click.option("--variant-policy", default="fademem:budget=12", show_default=True)
 @click.option("--variant-seconds", default=15.0, show_default=True, type=float)
-@click.option("--time-budget", default=None, type=float, help="Seconds; later runs are skipped (and listed) once over.")
+@click.option("--time-budget", default=None, type=float,
+              help="Seconds: a part that would not fit (forecast from the chunk costs measured so far) is skipped "
+                   "and listed; a run still going at the limit stops early.")
 @click.option("--no-peak", is_flag=True, help="Skip the 8192^3 matmul peak measurement.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON report; the plot goes next to it (.png).")
 @click.option("--plot/--no-plot", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def bench_speed(policies, seconds, full_max_frames, config_name, latent, device, dtype, warmup, sdpa, compile_mode,
-                variants, variant_policy, variant_seconds, time_budget, no_peak, seed, out, plot, progress):
-    """DiT speed per memory policy at equal visible context: latency, fps, memory, TFLOP/s vs video length."""
+def bench_speed(policies, seconds, full_max_frames, long_policies, long_seconds, timed_every, timed_chunks, timed_first,
+                e2e_policies, e2e_seconds, overlap, vae_kind, config_name, latent, device, dtype, warmup, sdpa,
+                compile_mode, variants, variant_policy, variant_seconds, time_budget, no_peak, seed, out, plot,
+                progress):
+    """DiT speed per memory policy at equal visible context: latency, fps, memory, TFLOP/s vs video length;
+    10-minute runs in the timed mode, end to end with VAE decode, speed-option variants."""
     import os
 
     from fademem.bench import speed as sp
@@ -349,9 +371,13 @@ def bench_speed(policies, seconds, full_max_frames, config_name, latent, device,
         setup = sp.SpeedSetup(config=config_name, latent=lat, device=device, dtype=dtype, seed=seed, warmup=warmup,
                               sdpa=sdpa, compile=compile_mode)
         run = sp.SpeedRun(setup=setup, policies=sp.parse_list(policies), seconds=seconds,
-                          full_max_frames=full_max_frames or None, variants=sp.parse_list(variants),
-                          variant_policy=variant_policy, variant_seconds=variant_seconds, time_budget_s=time_budget,
-                          measure_peak=not no_peak, progress=progress)
+                          full_max_frames=full_max_frames or None, timed_every_s=timed_every,
+                          timed_window=timed_chunks, timed_first=timed_first,
+                          long_policies=sp.parse_list(long_policies), long_seconds=long_seconds,
+                          e2e_policies=sp.parse_list(e2e_policies), e2e_seconds=e2e_seconds, overlap=overlap,
+                          vae=vae_kind, variants=sp.parse_list(variants), variant_policy=variant_policy,
+                          variant_seconds=variant_seconds, time_budget_s=time_budget, measure_peak=not no_peak,
+                          progress=progress)
         report = sp.run_speed(run, log=click.echo)
     except (ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
