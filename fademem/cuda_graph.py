@@ -169,7 +169,10 @@ class GraphedDenoiser:
         except Exception as exc:  # noqa: BLE001 - report and stay eager
             self.graph = None
             self.failure = f"{type(exc).__name__}: {exc}"[:400]
-            torch.cuda.synchronize()
+            try:
+                torch.cuda.synchronize()
+            except Exception as exc2:  # noqa: BLE001 - a broken context shows up in the next run's error
+                self.failure += f"; then {type(exc2).__name__}: {exc2}"[:200]
 
     # -- the call ---------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, t, context, memory=None, start_frame: int = 0,
