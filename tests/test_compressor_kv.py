@@ -296,3 +296,23 @@ def test_world_stage_smoke_with_the_embedded_model():
     assert row["compression"] == 32 and math.isfinite(row["psnr"]) and -1 <= row["ssim"] <= 1
     _, _, hist = CT.finetune(bundle.model, bundle.text, bundle.codec, comp, cfg, "cpu", log=lambda m: None)
     assert len(hist) == 2 and all(math.isfinite(h["loss"]) for h in hist)
+
+
+# -- the shipped compressor ------------------------------------------------------------------------------------
+def test_shipped_compressor_generates_with_its_generator_lora(tmp_path):
+    from click.testing import CliRunner
+
+    from fademem.cli import main
+
+    f = KV.load(KV.default_path())
+    cfg = f.compressor.cfg
+    assert (cfg.rate, cfg.layers, cfg.grid, cfg.width) == ("4x4x2", 6, (8, 8), 512)
+    assert f.lora and f.lora_info.rank == 16 and f.retrieval is not None
+    assert build_memory("compressor").factors == (4, 4, 2)
+    out = tmp_path / "c.mp4"
+    prompt = ("a large red circle bouncing over a striped blue background , "
+              "camera pans right and returns after 8 seconds")
+    res = CliRunner().invoke(main, ["generate", "--prompt", prompt, "--seconds", "3", "--memory", "compressor",
+                                    "--device", "cpu", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "generator LoRA is merged" in res.output and out.stat().st_size > 0

@@ -109,7 +109,7 @@ class KVCompressor(nn.Module):
         pooled = F.avg_pool3d(x, (t, fh, fw)).flatten(2).transpose(1, 2)  # [BG, m, width]
         y = self.trunk(self.stems[layer](x)).tokens
         out = (pooled + self.heads[layer](y)).reshape(b, groups * cfg.tokens_per_group, 2, h, d).to(k.dtype)
-        return out[:, :, 0], out[:, :, 1]
+        return out[:, :, 0].contiguous(), out[:, :, 1].contiguous()
 
 
 class KVRetrieval(nn.Module):
