@@ -1,24 +1,21 @@
-"""Learned history compression (issue 8, after Zhang et al., "Pretraining Frame Preservation in
-Autoregressive Video Memory Compression"): the foundation, at the embedded model's scale.
-
-Implemented here:
+"""The building blocks of learned history compression (after Zhang et al., "Pretraining Frame
+Preservation in Autoregressive Video Memory Compression"), and their latent-space use.
 
 * :class:`HistoryEncoder` -- an almost fully convolutional 3D encoder (channel ladder, default
   64-128-256-512; GroupNorm + SiLU residual blocks; one self-attention block at the coarsest
   level). It reduces **time first, then space** at a rate ``"t x h x w"`` (``"2x2x1"``,
-  ``"4x4x2"``; power-of-two factors) and projects to the DiT width: tokens [B, N, out_dim] plus
+  ``"4x4x2"``; power-of-two factors) and projects to a width: tokens [B, N, out_dim] plus
   each token's fractional temporal position (the centre of the history span it summarises).
+  The ``compressor`` memory policy runs it as the shared trunk of its per-layer K/V
+  compressor (:mod:`fademem.compressor.kv`).
 * :class:`RetrievalDecoder` -- a light frame-retrieval decoder for pretraining: a noised query
   frame (noise-as-mask: the frame to retrieve is replaced by noise at a random level), its
   noise level and its temporal position cross-attend to the compressed tokens and predict the
   clean frame.
-* :func:`retrieval_loss`, :func:`pretrain` (seeded, time-limited, device-agnostic, over the
-  procedural world, saving safetensors with config metadata), :func:`load`,
-  :func:`retrieval_metrics` (retrieval PSNR / SSIM at a compression rate).
-
-Not yet: GPU pretraining at our scale (no trained weights ship), pretraining the K/V-space
-encoder used by the ``compressor`` memory policy on the frozen DiT's K/V, generator LoRA
-fine-tuning (peft) with the compressed memory, and benchmark rows -- a later session.
+* :func:`retrieval_loss`, :func:`pretrain`, :func:`retrieval_metrics` -- retrieval pretraining
+  of an encoder over *latents* (the paper's setting; seeded, time-limited, device-agnostic),
+  :func:`save` / :func:`load`. The memory policy's encoder is trained in K/V space instead
+  (:mod:`fademem.compressor.train`).
 """
 
 from __future__ import annotations
