@@ -110,6 +110,17 @@ def context_rule(start: int, rng: np.random.Generator, cfg: TrainConfig) -> tupl
     return str(kind), idx, [float(i) for i in idx]
 
 
+def random_world(rng: np.random.Generator, size: int, fps: int, text_len: int):
+    """(World, its prompt's token ids [text_len]) for a random prompt of the grammar."""
+    from .world import World, sample_prompt, tokenize
+
+    prompt = sample_prompt(rng)
+    ids = np.zeros(text_len, np.int64)
+    tok = tokenize(prompt)
+    ids[:len(tok)] = tok
+    return World(prompt, int(rng.integers(1 << 31)), size, fps), ids
+
+
 class WorldBatches(IterableDataset):
     """Endless batches rendered on the fly; each worker draws from its own seeded stream."""
 
@@ -117,18 +128,12 @@ class WorldBatches(IterableDataset):
         self.cfg, self.size, self.fps, self.text_len = cfg, ecfg.frame_size, ecfg.fps, ecfg.text_len
 
     def __iter__(self):
-        from .world import World, sample_prompt, tokenize
-
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.cfg.seed, info.id if info else 0])
         cfg = self.cfg
 
         def new_world():
-            prompt = sample_prompt(rng)
-            tok = np.zeros(self.text_len, np.int64)
-            ids = tokenize(prompt)
-            tok[:len(ids)] = ids
-            return World(prompt, int(rng.integers(1 << 31)), self.size, self.fps), tok
+            return random_world(rng, self.size, self.fps, self.text_len)
 
         # Building a world (its texture) costs far more than rendering a frame of it: keep a pool
         # and refresh a few worlds per batch; time offsets keep the examples distinct.

@@ -95,17 +95,13 @@ class WorldClips(IterableDataset):
         return lo, s + CHUNK
 
     def __iter__(self):
-        from ..world import World, sample_prompt, tokenize
+        from ..train import random_world
 
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.cfg.seed, info.id if info else 0, self.stage == "pretrain"])
 
         def new_world():
-            prompt = sample_prompt(rng)
-            ids = np.zeros(self.text_len, np.int64)
-            tok = tokenize(prompt)
-            ids[:len(tok)] = tok
-            return World(prompt, int(rng.integers(1 << 31)), self.size, self.fps), ids
+            return random_world(rng, self.size, self.fps, self.text_len)
 
         pool = [new_world() for _ in range(self.pool)]
         while True:
