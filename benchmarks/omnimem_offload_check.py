@@ -25,13 +25,13 @@ import statistics
 import sys
 import time
 import traceback
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from fademem.bench.speed_device import _count_syncs  # noqa: E402
 from fademem.memory import ChunkQuery, build_memory  # noqa: E402
 from fademem.memory import host_store as hs  # noqa: E402
 from fademem.rope import WanRoPE  # noqa: E402
@@ -40,17 +40,10 @@ GiB = 2 ** 30
 
 
 def count_syncs(fn):
-    """(fn(), synchronising CUDA calls it made) under the CUDA sync debugger."""
+    """(fn(), synchronising CUDA calls it made) under the CUDA sync debugger; (fn(), None) on CPU."""
     if not torch.cuda.is_available():
         return fn(), None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            out = fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return out, sum("synchroniz" in str(w.message) for w in caught)
+    return _count_syncs(fn)
 
 
 def timed_ms(fn, device, reps: int = 20) -> float:
