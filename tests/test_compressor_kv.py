@@ -316,3 +316,20 @@ def test_shipped_compressor_generates_with_its_generator_lora(tmp_path):
                                     "--device", "cpu", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "generator LoRA is merged" in res.output and out.stat().st_size > 0
+
+
+def test_train_compressor_cli_smoke(tmp_path):
+    from click.testing import CliRunner
+
+    from fademem.cli import main
+
+    out = tmp_path / "c.safetensors"
+    args = ["train-compressor", "--out", str(out), "--device", "cpu", "--batch", "2", "--workers", "0", "--pool", "2",
+            "--channels", "8-16", "--pretrain-steps", "1", "--finetune-steps", "1", "--max-start", "12",
+            "--eval-clips", "2", "--budget", "2"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    f = KV.load(out)
+    assert f.lora and f.retrieval is not None and "retrieval_after_finetune" in f.info
+    res = CliRunner().invoke(main, ["train-compressor", "--out", str(out), "--device", "cpu", "--pretrain-seconds", "0"])
+    assert res.exit_code != 0 and "nothing to fine-tune" in res.output

@@ -63,17 +63,19 @@ def train_compressor(out, rate, pretrain_seconds, finetune_seconds, pretrain_ste
         if cfg.pretrain_steps:
             comp, retrieval, info["pretrain"] = CT.pretrain(bundle.model, bundle.text, bundle.codec, cfg, device,
                                                             comp=comp, retrieval=retrieval, log=click.echo)
-        if comp is None or retrieval is None:
+        if comp is None:
             raise click.UsageError("nothing to fine-tune: pretrain (--pretrain-seconds > 0) or give --init")
-        info["retrieval"] = CT.retrieval_eval(bundle.model, bundle.text, bundle.codec, comp, retrieval, cfg, device,
-                                              clips=eval_clips)
-        click.echo(f"retrieval (held out, from pure noise): {json.dumps(info['retrieval'])}")
+        if retrieval is not None:  # an --init file without its decoder cannot be scored
+            info["retrieval"] = CT.retrieval_eval(bundle.model, bundle.text, bundle.codec, comp, retrieval, cfg,
+                                                  device, clips=eval_clips)
+            click.echo(f"retrieval (held out, from pure noise): {json.dumps(info['retrieval'])}")
         lora = lora_info = None
         if cfg.finetune_steps:
             lora, lora_info, info["finetune"] = CT.finetune(bundle.model, bundle.text, bundle.codec, comp, cfg,
                                                             device, log=click.echo)
-            info["retrieval_after_finetune"] = CT.retrieval_eval(bundle.model, bundle.text, bundle.codec, comp,
-                                                                 retrieval, cfg, device, clips=eval_clips)
+            if retrieval is not None:  # the decoder is not fine-tuned: this shows how far the memory moved
+                info["retrieval_after_finetune"] = CT.retrieval_eval(bundle.model, bundle.text, bundle.codec, comp,
+                                                                     retrieval, cfg, device, clips=eval_clips)
         KV.save(out, comp, retrieval, lora=lora, lora_info=lora_info, info=info)
         Path(str(out) + ".json").write_text(json.dumps(info, indent=1))
     except ValueError as exc:

@@ -254,14 +254,14 @@ def kv_config(model, cfg: CompressorTrainConfig, latent_hw: tuple[int, int]) -> 
 def pretrain(model, text, codec, cfg: CompressorTrainConfig, device: str = "cuda", batches=None,
              comp: KVCompressor | None = None, retrieval: KVRetrieval | None = None, log=print):
     """Stage 1. ``batches``: an iterable of dicts like :class:`WorldClips` yields (default: the world),
-    with ``latents`` [B, C, F, h, w] instead of ``video`` for user data (a real Wan generator). Returns (compressor, retrieval decoder, history of logged losses)."""
+    with ``latents`` [B, C, F, h, w] instead of ``video`` for user data (a real Wan generator).
+    Returns (compressor, retrieval decoder, history of logged losses)."""
     torch.manual_seed(cfg.seed)
     model.eval().requires_grad_(False)
     text.eval().requires_grad_(False)
     batches = batches if batches is not None else loader(cfg, "pretrain", device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     hist, t0, opt, params = [], time.time(), None, None
-    step = 0
     for step, batch in enumerate(batches):
         if step >= cfg.pretrain_steps or (cfg.pretrain_seconds is not None and time.time() - t0 > cfg.pretrain_seconds):
             break
@@ -302,9 +302,9 @@ def pretrain(model, text, codec, cfg: CompressorTrainConfig, device: str = "cuda
         if step % cfg.log_every == 0:
             hist.append({"step": step, "loss": float(loss.detach()), "seconds": round(time.time() - t0, 1)})
             log(f"pretrain step {step:5d}  retrieval loss {hist[-1]['loss']:.4f}  {time.time() - t0:.0f}s")
-    if comp is not None:
-        comp.eval().requires_grad_(False)
-        retrieval.eval().requires_grad_(False)
+    for m in (comp, retrieval):
+        if m is not None:
+            m.eval().requires_grad_(False)
     return comp, retrieval, hist
 
 
@@ -321,7 +321,7 @@ def add_lora(model, rank: int):
 def lora_state(model) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
-    return {k: v for k, v in get_peft_model_state_dict(model).items()}
+    return dict(get_peft_model_state_dict(model))
 
 
 def finetune(model, text, codec, comp: KVCompressor, cfg: CompressorTrainConfig, device: str = "cuda",
