@@ -325,6 +325,7 @@ def run_memory(run: MemoryRun, log=print) -> dict:
         t0 = time.perf_counter()
         per_ep: list[dict | None] = [None] * len(episodes)
         visible, opening_err, error = 0, 0.0, None
+        run_pipe = None  # built once per policy, inside the try below so its errors are reported
         for group in groups:
             prompts = [episodes[i].prompt for i in group]
             noise = torch.cat([initial_noise(episodes[i].noise_seed, (1, *latent_shape[:1], num_frames,
@@ -334,9 +335,10 @@ def run_memory(run: MemoryRun, log=print) -> dict:
             outs = []
             try:
                 stack, seen = watched_stack(spec, bundle.model.config.num_layers)
-                model = generator_for_memory(bundle.model, spec)  # the compressor's generator LoRA, if any
-                run_pipe = pipe if model is bundle.model else VideoPipeline(
-                    model, bundle.text, None, frames_per_chunk=FRAMES_PER_CHUNK, steps=tuple(run.steps))
+                if run_pipe is None:
+                    model = generator_for_memory(bundle.model, spec)  # the compressor's generator LoRA, if any
+                    run_pipe = pipe if model is bundle.model else VideoPipeline(
+                        model, bundle.text, None, frames_per_chunk=FRAMES_PER_CHUNK, steps=tuple(run.steps))
                 gen = run_pipe.generate(prompts, num_frames, memory=stack, seed=episodes[group[0]].noise_seed,
                                     noise=noise, latent_shape=latent_shape, progress=False, prefix=prefix)
                 for chunk in gen:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def train_compressor(out, rate, pretrain_seconds, finetune_seconds, pretrain_ste
             f = KV.load(init, device)
             comp, retrieval = f.compressor, f.retrieval
             cfg.rate = comp.cfg.rate
-        info: dict = {"train": {k: v for k, v in vars(cfg).items()}, "device": (
+        info: dict = {"train": dataclasses.asdict(cfg), "device": (
             torch.cuda.get_device_name() if device.startswith("cuda") else device), "init": init}
         if cfg.pretrain_steps:
             comp, retrieval, info["pretrain"] = CT.pretrain(bundle.model, bundle.text, bundle.codec, cfg, device,

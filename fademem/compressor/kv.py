@@ -220,11 +220,12 @@ def default_path() -> Path:
     return Path(str(resources.files("fademem") / "assets" / "compressor.safetensors"))
 
 
-def merge_generator_lora(model: nn.Module, path: str | Path) -> nn.Module:
-    """Merge the generator LoRA stored in a compressor file into ``model`` (peft); returns the model."""
+def merge_generator_lora(model: nn.Module, path: str | Path, kv: KVFile | None = None) -> nn.Module:
+    """Merge the generator LoRA stored in a compressor file into ``model`` (peft); returns the model.
+    ``kv``: the file already loaded from ``path``."""
     from ..lora import merge_lora_pairs
 
-    kv = load(path)
+    kv = kv or load(path)
     if not kv.lora:
         raise ValueError(f"{path} holds no generator LoRA")
     pairs: dict[str, dict[str, torch.Tensor]] = {}
@@ -247,4 +248,4 @@ def generator_for_memory(model: nn.Module, spec) -> nn.Module:
     f = load(mem.weights_path)
     if not f.lora:
         return model
-    return merge_generator_lora(copy.deepcopy(model), mem.weights_path)
+    return merge_generator_lora(copy.deepcopy(model), mem.weights_path, f)

@@ -38,9 +38,10 @@ from ..memory.base import MemoryView
 from ..memory.compressor import group_centre, layout
 from ..model import sink_window_mask
 from ..rope import apply_rotary
+from ..train import CHUNK
 from .kv import KVCompressor, KVCompressorConfig, KVRetrieval, LoRAInfo
+from .nets import parse_rate
 
-CHUNK = 3
 LORA_TARGETS = r".*self_attn\.(q|k|v|o)$"
 
 
@@ -84,7 +85,7 @@ class WorldClips(IterableDataset):
 
     def span(self, rng: np.random.Generator) -> tuple[int, int]:
         cfg = self.cfg
-        t = int(cfg.rate.lower().split("x")[0])
+        t = parse_rate(cfg.rate)[0]
         if self.stage == "pretrain":
             return 0, cfg.history
         # log-uniform starts: short and long histories both common; s on the chunk grid
@@ -155,7 +156,7 @@ def history_kv(model, latents: torch.Tensor, context, start: int, window: int) -
 
 
 def compressed_views(comp: KVCompressor, kv: list[tuple[torch.Tensor, torch.Tensor]], lo: int, s: int,
-                     window: int, budget: int, rope, tokens_per_frame: int, layers: list[int] | None = None):
+                     window: int, budget: int, rope, tokens_per_frame: int):
     """Per layer (k rotated, v, positions) of what the ``compressor`` policy holds when the chunk at
     ``s`` asks: compressed groups (keys at their centres) then raw frames (keys at their indices).
     ``kv`` covers frames [lo, s) of the history."""
@@ -163,8 +164,7 @@ def compressed_views(comp: KVCompressor, kv: list[tuple[torch.Tensor, torch.Tens
     n = tokens_per_frame
     groups, raw = layout(s, window, t, budget)
     out = []
-    for li, (k, v) in enumerate(kv):
-        layer = layers[li] if layers is not None else li
+    for layer, (k, v) in enumerate(kv):
         ks, vs, pos = [], [], []
         if groups:
             a, b = (groups.start * t - lo) * n, (groups.stop * t - lo) * n
