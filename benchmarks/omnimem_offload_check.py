@@ -117,20 +117,26 @@ def view_check(device, tiny: bool) -> dict:
     tok = int(grid.split("x")[0]) * int(grid.split("x")[1])
     rope = WanRoPE(d)
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    specs = {"device": f"omnimem:{knobs}", "host": f"omnimem:{knobs},offload=true,host_chunk=5"}
+    two = f"{knobs},candidates=2,index_segments=4"  # two-level from chunk 4 on (spans reach 8)
+    specs = {"device": f"omnimem:{knobs}", "host": f"omnimem:{knobs},offload=true,host_chunk=5,candidates=0",
+             "device2": f"omnimem:{two}", "host2": f"omnimem:{two},offload=true,host_chunk=5"}
     mems = {name: build_memory(s).bind(rope, tok) for name, s in specs.items()}
     g = torch.Generator(device="cpu").manual_seed(0)
-    equal, compared = True, 0
+    equal, compared, two_level = True, 0, 0
     for c in range(8):
         q, k, v = (torch.randn(1, 3 * tok, h, d, generator=g).to(device=device, dtype=dtype) for _ in range(3))
         views = {n: m.view(ChunkQuery(3 * c, 3, q)) for n, m in mems.items()}
-        a, b = views["device"], views["host"]
-        if a is not None:
-            equal &= bool(torch.equal(a.k, b.k) and torch.equal(a.v, b.v))
-            compared += 1
+        for x, y in (("device", "host"), ("device2", "host2")):
+            a, b = views[x], views[y]
+            if a is not None:
+                equal &= bool(torch.equal(a.k, b.k) and torch.equal(a.v, b.v))
+                compared += 1
+        m2 = mems["host2"]
+        cand = m2.window_frames(3).start
+        two_level += int(m2.index.segments(cand) * m2.index.span > m2._fetch_frames() if m2.index.frames else 0)
         for m in mems.values():
             m.insert(k, v, 3 * c)
-    return {"specs": specs, "views_compared": compared, "equal": equal,
+    return {"specs": specs, "views_compared": compared, "equal": equal, "two_level_views": two_level,
             "host_gather": "triton" if device.type == "cuda" and hs.triton_available() else "torch",
             "triton_failure": hs.triton_failure}
 
@@ -151,7 +157,7 @@ class _Recorder:
             def nbytes(self):
                 n = super().nbytes()
                 row = {"frames_seen": self.frames_seen, "device_kv_bytes": n, "rss_bytes": _rss()}
-                for part in ("history", "block_keys", "window", "gather_buffer"):
+                for part in ("history", "block_keys", "index", "window", "gather_buffer"):
                     row[f"device_{part}_bytes"] = sum(m.device_nbytes()[part] for m in self.layers)
                 row["host_capacity_bytes"] = sum(m.host_usage()["capacity_bytes"] for m in self.layers)
                 row["host_used_bytes"] = sum(m.host_usage()["used_bytes"] for m in self.layers)
@@ -195,6 +201,8 @@ def real_size(args, device) -> dict:
                               warmup=args.warmup)
         knobs = ""
     modes = {"device": f"omnimem:{knobs}offload=false", "host": f"omnimem:{knobs}offload=true",
+             "host-flat": f"omnimem:{knobs}offload=true,candidates=0",
+             "device-2l": f"omnimem:{knobs}candidates=16",
              "host-torch": f"omnimem:{knobs}offload=true,gather=torch"}
     t0 = time.time()
     model = sp.build_model(setup)
@@ -243,7 +251,8 @@ def table(report: dict) -> str:
     runs = (report.get("real_size") or {}).get("runs", {})
     if runs:
         rows.append(f"{'mode':11s} {'ms/chunk':>9s} {'p90':>8s} {'last/first':>10s} {'syncs':>6s} {'peak GPU':>9s} "
-                    f"{'dev hist':>9s} {'blk keys':>9s} {'fixed':>7s} {'host cap':>9s} {'host used':>9s} {'RSS':>7s}")
+                    f"{'alloc 1st':>9s} {'alloc end':>9s} {'dev hist':>9s} {'blk keys':>9s} {'fixed':>7s} "
+                    f"{'host cap':>9s} {'host used':>9s} {'RSS':>7s}")
         for mode, r in runs.items():
             if "summary" not in r:
                 rows.append(f"{mode:11s} {r.get('skipped') or r.get('error')}")
@@ -254,13 +263,21 @@ def table(report: dict) -> str:
             rows.append(f"{mode:11s} {s.get('latency_ms_median', nan):9.1f} {s.get('latency_ms_p90', nan):8.1f} "
                         f"{s.get('latency_ratio_last_vs_first_quarter', float('nan')):10.2f} "
                         f"{str(r.get('host_syncs_per_chunk')):>6s} {(r.get('peak_allocated_bytes') or 0) / GiB:9.2f} "
+                        f"{_alloc(r, 0):9.3f} {_alloc(r, -1):9.3f} "
                         f"{g('device_history_bytes'):9.2f} {g('device_block_keys_bytes'):9.3f} "
-                        f"{g('device_window_bytes') + g('device_gather_buffer_bytes'):7.2f} "
+                        f"{g('device_index_bytes') + g('device_window_bytes') + g('device_gather_buffer_bytes'):7.2f} "
                         f"{g('host_capacity_bytes'):9.2f} {g('host_used_bytes'):9.2f} {g('rss_bytes'):7.1f}"
                         + (f"  error: {r['error']}" if r.get("error") else ""))
-        rows.append("GiB; device bytes and host bytes summed over layers at the last chunk; fixed = window + "
-                    "gather buffer; syncs: one steady chunk (1 = the sampler's NaN check)")
+        rows.append("GiB; device bytes and host bytes summed over layers at the last chunk; alloc 1st/end = GPU "
+                    "allocated after the first/last chunk; fixed = index + window + gather buffer; syncs: one "
+                    "steady chunk (1 = the sampler's NaN check)")
     return "\n".join(rows)
+
+
+def _alloc(run: dict, i: int) -> float:
+    """GPU allocated bytes (GiB) after a chunk (first chunk: i=0, last: i=-1) where recorded."""
+    rows = [c for c in run.get("chunks", []) if c.get("allocated_bytes") is not None]
+    return rows[i]["allocated_bytes"] / GiB if rows else float("nan")
 
 
 def main(argv=None) -> dict:
@@ -269,9 +286,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--tiny", action="store_true", help="tiny config and shapes (CPU smoke test)")
     ap.add_argument("--chunks", type=int, default=27, help="chunks per real-size run (27 = 20 s of video)")
     ap.add_argument("--warmup", type=int, default=4)
-    ap.add_argument("--modes", default="device,host,host-torch",
-                    help="device (history on the GPU), host (pinned + Triton gather), host-torch (pinned + "
-                         "torch gather, one sync per view)")
+    ap.add_argument("--modes", default="device,host,host-flat",
+                    help="device (history on the GPU), host (pinned + Triton gather, two-level retrieval: the "
+                         "default with offload), host-flat (pinned, every block key scored on the GPU), device-2l "
+                         "(history on the GPU, two-level), host-torch (pinned + torch gather, one sync per view)")
     ap.add_argument("--budget-s", type=float, default=150.0, help="start no real-size run after this many seconds")
     ap.add_argument("--skip-real", action="store_true")
     ap.add_argument("--out", default="omnimem_offload_check.json")

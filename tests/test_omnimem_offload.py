@@ -146,26 +146,32 @@ def test_gather_picks_each_heads_own_blocks():
 
 def test_device_and_host_byte_reports():
     tok, topk = 8, 3
-    dev = make("omnimem:grid=2x4,block_h=1,block_w=2,topk=3,window_chunks=2", tok)
-    host = make("omnimem:grid=2x4,block_h=1,block_w=2,topk=3,window_chunks=2,offload=true,host_chunk=4", tok)
-    assert host.host_usage()["capacity_bytes"] == 0 and host.nbytes() == 0
-    block_keys = []
-    for c, _, _, (dev, host) in feed([dev.spec(), host.spec()], tok, 7):
-        block_keys.append(host.device_nbytes()["block_keys"])
-        parts = host.device_nbytes()  # while a view is live (an insert drops the cached window)
-        dev_parts = dev.device_nbytes()
+    knobs = "grid=2x4,block_h=1,block_w=2,topk=3,window_chunks=2"
+    specs = [f"omnimem:{knobs}", f"omnimem:{knobs},offload=true,host_chunk=4,candidates=0",
+             f"omnimem:{knobs},offload=true,host_chunk=4,index_segments=4,candidates=2"]
+    log = []
+    for c, _, _, (dev, flat, two) in feed(specs, tok, 7):
+        log.append((flat.device_nbytes(), two.device_nbytes(), dev.device_nbytes()))  # views live
     fb = 2 * B * tok * H * D * 4
-    assert parts["history"] == 0 and parts["block_keys"] > 0
+    parts, dev_parts = log[-1][0], log[-1][2]
+    assert parts["history"] == 0 and parts["block_keys"] > 0 and parts["index"] == 0
     assert parts["gather_buffer"] == 2 * B * topk * 2 * H * D * 4  # topk blocks of 2 tokens per head, k and v
-    assert parts["window"] == 2 * B * 3 * tok * H * D * 4  # the previous chunk's frames, rotated keys + values
+    # the ring of the previous chunk's frames (k, v) plus their rotated keys; its values are ring views
+    assert parts["window"] == 2 * B * 3 * tok * H * D * 4 + B * 3 * tok * H * D * 4
     assert dev_parts["window"] == B * 3 * tok * H * D * 4  # device mode: the values are views of the history
-    assert host.nbytes() == sum(host.device_nbytes().values()) and dev.nbytes() == sum(dev.device_nbytes().values())
+    assert flat.nbytes() == sum(flat.device_nbytes().values()) and dev.nbytes() == sum(dev.device_nbytes().values())
     assert dev.device_nbytes()["history"] == dev.store.nbytes() > 0 and dev.host_nbytes() == 0
-    assert block_keys[-1] > block_keys[1]  # the block keys grow with the video (reported, not hidden)
-    use = host.host_usage()
+    assert log[-1][0]["block_keys"] > log[1][0]["block_keys"]  # flat scoring: block keys grow (reported)
+    # two-level: block keys on the host, a fixed index (4 segments x (min, max)); nothing grows
+    assert all(p[1] == log[2][1] for p in log[2:]) and log[-1][1]["block_keys"] == 0
+    assert log[-1][1]["index"] == 2 * B * 4 * H * D * 4 and two.index.span == 8  # 21 frames, 4 segments of 8
+    use = flat.host_usage()
     assert use == {"capacity_bytes": 6 * 4 * fb, "used_bytes": 21 * fb, "chunks": 6, "chunk_frames": 4,
-                   "pinned": torch.cuda.is_available()}
-    assert host.host_nbytes() == use["capacity_bytes"]
+                   "pinned": torch.cuda.is_available(), "block_key_bytes": 0}
+    assert flat.host_nbytes() == use["capacity_bytes"]
+    use2 = two.host_usage()
+    assert use2["block_key_bytes"] == two.block_store.nbytes() > 0  # 4 blocks of float32 keys per frame
+    assert use2["used_bytes"] == 21 * fb + 21 * B * 4 * H * D * 4
 
 
 def test_state_round_trip_across_chunks():
@@ -231,15 +237,21 @@ def test_triton_kernel_matches_the_device_store_under_the_interpreter():
         dev = build_memory("omnimem:grid=2x4,block_h=1,block_w=2,topk=3,window_chunks=2").bind(rope, 8)
         tri = build_memory("omnimem:grid=2x4,block_h=1,block_w=2,topk=3,window_chunks=2,offload=true,"
                            "host_chunk=2,gather=triton").bind(rope, 8)
-        for c in range(4):
+        two = "omnimem:grid=2x4,block_h=1,block_w=2,topk=3,window_chunks=2,candidates=1,index_segments=4"
+        dev2 = build_memory(two).bind(rope, 8)  # two-level: block keys fetched per head from the host
+        tri2 = build_memory(two + ",offload=true,host_chunk=2,gather=triton").bind(rope, 8)
+        pairs = [(dev, tri), (dev2, tri2)]
+        for c in range(6):
             q, k, v = (torch.randn(2, 24, 2, 16, generator=g).to(torch.bfloat16) for _ in range(3))
-            a, b = dev.view(ChunkQuery(3 * c, 3, q)), tri.view(ChunkQuery(3 * c, 3, q))
-            assert (a is None) == (b is None)
-            if a is not None:
-                assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v), c
-            dev.insert(k, v, 3 * c)
-            tri.insert(k, v, 3 * c)
-        assert len(tri.store.chunks) == 6 and tri.store._recorded == 5  # recorded lazily, at the gathers
+            for x, y in pairs:
+                a, b = x.view(ChunkQuery(3 * c, 3, q)), y.view(ChunkQuery(3 * c, 3, q))
+                assert (a is None) == (b is None)
+                if a is not None:
+                    assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v), c
+                x.insert(k, v, 3 * c)
+                y.insert(k, v, 3 * c)
+        assert len(tri.store.chunks) == 9 and tri.store._recorded == 8  # recorded lazily, at the gathers
+        assert tri2.index.span == 8 and tri2.block_store._recorded == 1  # the two-level gather ran
         print("ok")
     """)
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
@@ -262,3 +274,22 @@ def test_gpu_check_script_runs_on_the_cpu(tmp_path):
     host = runs["host"]["chunks"][-1]
     assert host["host_capacity_bytes"] >= host["host_used_bytes"] > 0 and host["device_history_bytes"] == 0
     assert runs["device"]["chunks"][-1]["device_history_bytes"] > 0
+
+
+def test_pinned_chunks_are_prepared_ahead_by_the_worker(monkeypatch):
+    import fademem.memory.host_store as hs
+
+    s = HostFrames(chunk_frames=2, pin=False)
+    s.pin = True  # take the pinned path's bookkeeping; the allocation itself stays unpinned on the CPU
+    made = []
+    monkeypatch.setattr(s, "_alloc_chunk", lambda: made.append(1) or torch.empty(2, 2, B, 6, H, D))
+    kv = frames_of(5)
+    for f in range(5):
+        s.write(f, kv[f, 0], kv[f, 1])
+    assert len(s.chunks) == 3 and s._spare is not None  # a spare waits for the fourth chunk
+    s._spare.result()
+    assert len(made) == 4
+    k, v = s.read(0, 5, torch.device("cpu"))
+    assert torch.equal(v, kv[:, 1].transpose(0, 1).reshape(B, 30, H, D))
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "pinned_use_cuda_host_register:False")
+    assert hs._fast_pinning.__wrapped__() is None  # the user's pinned settings win

@@ -178,7 +178,7 @@ def test_omnimem_with_all_blocks_equals_full_attention(spec):
 
 def test_omnimem_offload_keeps_history_on_host():
     tok = 8
-    dev, host = make("omnimem:grid=2x4,block_h=1,block_w=2", tok), make("omnimem:grid=2x4,block_h=1,block_w=2,offload=true", tok)
+    dev, host = make("omnimem:grid=2x4,block_h=1,block_w=2", tok), make("omnimem:grid=2x4,block_h=1,block_w=2,offload=true,index_segments=2", tok)
     g = torch.Generator().manual_seed(0)
     for c in range(6):
         k, v = rand(F * tok, g), rand(F * tok, g)

@@ -35,17 +35,32 @@ Positions are absolute (every key at its frame index, the chunk at its true fram
 **Where the history lives.** By default the full-resolution history is a device ``SlotStore``
 (grows with the video). ``offload=True`` keeps it in host memory (:class:`HostFrames`: pinned
 chunks of ``host_chunk`` frames, 0 = about 256 MiB each, allocated as the video grows and never
-moved); new frames leave the device with non-blocking copies and the recent window comes back
-the same way. Selection stays on the device (the block keys live there), and ``gather`` says how
-the selected blocks are fetched: ``triton`` reads them straight from the pinned chunks with a
-small kernel (UVA, driven by the device index tensor: no host sync in ``view``/``insert``) into a
-reused device buffer of at most ``topk`` blocks per head; ``torch`` indexes the host chunks
-(the indices go to the host: one sync per view); ``auto`` (default) takes Triton on CUDA when it
-is installed. Both give bitwise the same view as the device store. What stays on the device and
-grows is the block keys (float32 means, 1/block_tokens of the history's keys):
-``device_nbytes()`` reports them apart from the history and the bounded window + gather buffer;
-``host_nbytes()`` / ``host_usage()`` report the host store (allocated and used bytes).
-Prompt switches recompute held frames only without offload (``frame_slots``); block keys follow.
+moved); new frames leave the device on a side copy stream, and the recent window is served from a
+small device ring of the last window frames (sized at the first view from the chunk length; a
+window the ring does not hold is read back from the host). ``gather`` says how the selected blocks
+are fetched: ``triton`` reads them straight from the pinned chunks with a small kernel (UVA,
+driven by the device index tensor: no host sync in ``view``/``insert``) into a reused device
+buffer of at most ``topk`` blocks per head; ``torch`` indexes the host chunks (the indices go to
+the host: one sync per view); ``auto`` (default) takes Triton on CUDA when it is installed. Both
+give bitwise the same view as the device store.
+
+**Which block keys are scored.** Block keys are float32 means, rotated once at their frame's
+position when written. ``candidates=0`` scores every candidate block on every forward (the rule
+above, exactly; the block keys stay on the device and grow with the video, 1/block_tokens of the
+history's keys). ``candidates=n > 0`` retrieves in two levels so the device holds a fixed index
+instead: a :class:`SegmentBounds` of at most ``index_segments`` segments of consecutive frames
+(channel-wise min/max of their block keys; segments double in span when full) ranks segments by
+the upper bound of the pooled query's score (Quest's bound), the block keys of the best segments
+covering ``n`` frames are fetched per head (from the host with offload, through the same UVA
+gather) and rescored exactly, and the top ``topk`` of those are selected. When the candidate
+frames fit in ``n`` frames this is the exact rule. ``candidates`` defaults to 16 with offload
+(block keys on the host: the device bytes no longer grow with the video, until the span passes
+``n``, after ``index_segments * n`` frames, 68 minutes at the defaults) and 0 without.
+
+``device_nbytes()`` reports the device bytes by part (history, block keys, index, window,
+gather buffer); ``host_nbytes()`` / ``host_usage()`` the host store (allocated and used bytes).
+Prompt switches recompute any held frame without offload (``frame_slots``) and the frames of the
+window ring with it; block keys and segment bounds follow (bounds only widen).
 """
 
 from __future__ import annotations
@@ -61,6 +76,7 @@ from .base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
 from .deepforcing import rotate_tokens
 from .host_store import HostFrames
 from .registry import register
+from .segment_index import SegmentBounds
 from .window import check_int
 
 
@@ -94,8 +110,10 @@ class OmniMemMemory(Memory):
     offload: bool = False
     host_chunk: int = 0  # offload: frames per pinned host allocation (0: ~256 MiB per allocation)
     gather: Literal["auto", "triton", "torch"] = "auto"  # offload: how selected blocks leave the host
+    candidates: int | None = None  # frames whose block keys are rescored per head; 0 = score all (None: 16 with offload)
+    index_segments: int = 1024  # two-level: segments in the device index (even)
 
-    state_attrs: ClassVar[tuple[str, ...]] = ("blocks",)
+    state_attrs: ClassVar[tuple[str, ...]] = ("blocks", "ring_frames")
 
     def validate(self) -> None:
         n = self.name
@@ -105,6 +123,11 @@ class OmniMemMemory(Memory):
             if not isinstance(getattr(self, knob), bool):
                 raise ValueError(f"{n}: {knob} must be a bool, got {getattr(self, knob)!r}")
         check_int(n, "host_chunk", self.host_chunk, 0)
+        if self.candidates is not None:
+            check_int(n, "candidates", self.candidates, 0)
+        check_int(n, "index_segments", self.index_segments, 2)
+        if self.index_segments % 2:
+            raise ValueError(f"{n}: index_segments must be even (segments merge in pairs), got {self.index_segments}")
         if self.gather not in ("auto", "triton", "torch"):
             raise ValueError(f"{n}: gather must be auto, triton or torch, got {self.gather!r}")
         if self.gather != "auto" and not self.offload:
@@ -135,6 +158,11 @@ class OmniMemMemory(Memory):
         return self
 
     @property
+    def n_candidates(self) -> int:
+        """Frames rescored per head in two-level retrieval (0: every block is scored)."""
+        return (16 if self.offload else 0) if self.candidates is None else self.candidates
+
+    @property
     def block_tokens(self) -> int:
         return self.block_h * self.block_w
 
@@ -146,7 +174,13 @@ class OmniMemMemory(Memory):
         super().reset()
         # block-major frames: a growing device SlotStore, or pinned host chunks with offload
         self.store = HostFrames(self.host_chunk) if self.offload else SlotStore(capacity=None)
-        self.blocks: torch.Tensor | None = None  # [B, cap * blocks_per_frame, H, D] float32 mean keys
+        two_level = self.n_candidates > 0
+        # rotated float32 mean keys: on the host in two-level offload, else [B, cap * blocks_per_frame, H, D]
+        self.block_store = HostFrames(parts=1) if self.offload and two_level else None
+        self.blocks: torch.Tensor | None = None
+        self.index = SegmentBounds(self.index_segments) if two_level else None
+        self.ring = SlotStore(capacity=None)  # offload: the last window frames on the device
+        self.ring_frames: list[int] = []  # ring slot -> frame (-1 empty); sized at the first view
         self._win: tuple | None = None
         self._scratch: dict[str, torch.Tensor] = {}  # reused device tensors (gather buffer, permutation); not state
 
@@ -163,13 +197,24 @@ class OmniMemMemory(Memory):
         b, _, h, d = k.shape
         nb = self.blocks_per_frame
         mean = kb.float().view(b, nb, self.block_tokens, h, d).mean(dim=2)
-        need = (index + 1) * nb
-        if self.blocks is None or self.blocks.shape[1] < need:
-            grown = mean.new_zeros((b, max(need, 2 * (0 if self.blocks is None else self.blocks.shape[1])), h, d))
-            if self.blocks is not None:
-                grown[:, :self.blocks.shape[1]].copy_(self.blocks)
-            self.blocks = grown
-        self.blocks[:, index * nb:need].copy_(mean)
+        mean = self.rope.rotate_temporal(mean, (float(index),))  # absolute positions: rotate once
+        if self.index is not None:
+            self.index.add(index, mean)
+        if self.block_store is not None:
+            self.block_store.write(index, mean)
+        else:
+            need = (index + 1) * nb
+            if self.blocks is None or self.blocks.shape[1] < need:
+                old = 0 if self.blocks is None else self.blocks.shape[1]
+                grown = mean.new_zeros((b, max(need, 2 * old), h, d))
+                if self.blocks is not None:
+                    grown[:, :old].copy_(self.blocks)
+                self.blocks = grown
+            self.blocks[:, index * nb:need].copy_(mean)
+        if self.ring_frames:
+            slot = index % len(self.ring_frames)
+            self.ring.write(slot, kb, vb)
+            self.ring_frames[slot] = index
         self._win = None
 
     def _insert_frame(self, k: torch.Tensor, v: torch.Tensor, index: int) -> None:
@@ -183,14 +228,30 @@ class OmniMemMemory(Memory):
     def _window(self, device: torch.device, win: range):
         key = (self.frames_seen, win.start, str(device))
         if self._win is None or self._win[0] != key:
-            if self.offload:
-                k, v = self.store.read(win.start, win.stop, device)  # async H2D from pinned chunks
-            else:
+            if not self.offload:
                 b, _, t, h, d = self.store.k.shape
                 k = self.store.k[:, win.start:win.stop].reshape(b, len(win) * t, h, d)
                 v = self.store.v[:, win.start:win.stop].reshape(b, len(win) * t, h, d)
+            elif self._ring_holds(win):
+                k, v = self._ring_window(win)
+            else:
+                k, v = self.store.read(win.start, win.stop, device)  # async H2D from pinned chunks
             self._win = (key, self.rotated(k, tuple(float(f) for f in win)), v)
         return self._win[1], self._win[2]
+
+    def _ring_holds(self, win: range) -> bool:
+        r = len(self.ring_frames)
+        return r == len(win) and all(self.ring_frames[f % r] == f for f in win)
+
+    def _ring_window(self, win: range) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window's frames from the ring, in frame order (views when the ring is not wrapped)."""
+        b, r, t, h, d = self.ring.k.shape
+        a = win.start % r
+        if a == 0:
+            return self.ring.k.reshape(b, r * t, h, d), self.ring.v.reshape(b, r * t, h, d)
+        k = torch.cat([self.ring.k[:, a:], self.ring.k[:, :a]], dim=1)
+        v = torch.cat([self.ring.v[:, a:], self.ring.v[:, :a]], dim=1)
+        return k.view(b, r * t, h, d), v.view(b, r * t, h, d)
 
     def _pooled_query(self, query: ChunkQuery) -> torch.Tensor:
         """Sum over query groups of the group-mean rotated query: [B, H, D] float32."""
@@ -206,20 +267,70 @@ class OmniMemMemory(Memory):
         """Per-head selected block indices [B, H, k] (sorted) and the candidate frame count."""
         win = self.window_frames(query.num_frames)
         cand_frames = win.start if self.exclude_window else self.frames_seen
-        nc = cand_frames * self.blocks_per_frame
-        k = min(self.topk, nc)
-        kb = self.blocks[:, :nc]
-        kb = self.rope.rotate_temporal(kb, tuple(float(f) for f in range(cand_frames)))
+        nb = self.blocks_per_frame
+        nc = cand_frames * nb
         qs = self._pooled_query(query)
-        scores = torch.einsum("bnhd,bhd->bhn", kb, qs) / math.sqrt(qs.shape[-1])
-        return torch.topk(scores, k, dim=2).indices.sort(dim=2).values, cand_frames
+        scale = 1.0 / math.sqrt(qs.shape[-1])
+        if self.index is None or self.index.segments(cand_frames) * self.index.span <= self._fetch_frames():
+            # every candidate block scored (the two-level index fetches them all while they fit)
+            if self.block_store is not None:
+                kb = self.block_store.read(0, cand_frames, qs.device)[0]
+            else:
+                kb = self.blocks[:, :nc]
+            scores = torch.einsum("bnhd,bhd->bhn", kb, qs) * scale
+            k = min(self.topk, nc)
+            return torch.topk(scores, k, dim=2).indices.sort(dim=2).values, cand_frames
+        # two levels: the segments with the highest bounds, then their blocks rescored exactly
+        span, segs = self.index.span, self.index.segments(cand_frames)
+        pick = -(-self._fetch_frames() // span)
+        k = min(self.topk, nc, pick * span * nb)
+        if cand_frames % span:  # the last segment is partial: one more keeps `pick` whole ones fetched
+            pick = min(pick + 1, segs)
+        seg = torch.topk(self.index.bounds(qs, segs), pick, dim=2).indices  # [B, H, pick]
+        frames = (seg[..., None] * span + torch.arange(span, device=seg.device)).flatten(2)  # [B, H, pick*span]
+        valid = frames < cand_frames  # only the last candidate segment can reach past them
+        frames = frames.clamp(max=cand_frames - 1)
+        keys = self._candidate_keys(frames, cand_frames)  # [B, pick*span*nb, H, D]
+        scores = torch.einsum("bnhd,bhd->bhn", keys, qs) * scale
+        scores = scores.masked_fill(~valid.repeat_interleave(nb, dim=2), float("-inf"))
+        j = torch.topk(scores, k, dim=2).indices
+        idx = frames.gather(2, torch.div(j, nb, rounding_mode="floor")) * nb + j % nb
+        return idx.sort(dim=2).values, cand_frames
+
+    def _fetch_frames(self) -> int:
+        """Frames whose block keys a two-level selection fetches per head: whole segments covering
+        ``candidates`` frames."""
+        span = self.index.span
+        return -(-self.n_candidates // span) * span
+
+    def _candidate_keys(self, frames: torch.Tensor, cand_frames: int) -> torch.Tensor:
+        """Each head's block keys of ``frames`` [B, H, M]: [B, M * blocks_per_frame, H, D]."""
+        b, h, m = frames.shape
+        nb = self.blocks_per_frame
+        if self.block_store is not None:
+            d = self.block_store.shape[-1]
+            # a frame's block keys gathered as `pieces` runs of rows: many small copies keep more UVA
+            # reads in flight than one long copy per frame and head
+            pieces = nb // max(r for r in range(1, min(nb, 4) + 1) if nb % r == 0)
+            runs = (frames[..., None] * pieces + torch.arange(pieces, device=frames.device)).flatten(2)
+            out = torch.empty((1, b, m * nb, h, d), dtype=torch.float32, device=frames.device)
+            self.block_store.gather(runs, nb // pieces, out, self.gather, limit=cand_frames)
+            return out[0]
+        d = self.blocks.shape[-1]
+        src = self.blocks.view(b, -1, nb, h, d)
+        gi = frames.permute(0, 2, 1)[:, :, None, :, None].expand(b, m, nb, h, d)
+        return torch.gather(src, 1, gi).view(b, m * nb, h, d)
 
     def _view(self, query: ChunkQuery) -> MemoryView | None:
+        win = self.window_frames(query.num_frames)
+        ring = (self.window_chunks - 1) * query.num_frames  # the window behind a chunk of this length
+        if self.offload and not self.ring_frames and ring > 0:
+            self.ring = SlotStore(capacity=ring)
+            self.ring_frames = [-1] * ring
         n = self.frames_seen
         if n == 0:
             return None
-        device = self.blocks.device
-        win = self.window_frames(query.num_frames)
+        device = self.index.lo.device if self.index is not None else self.blocks.device
         parts_k, parts_v = [], []
         positions = [float(f) for f in win]
         if len(win):
@@ -229,8 +340,8 @@ class OmniMemMemory(Memory):
         mask = None
         cand_frames = win.start if self.exclude_window else n
         if query.q is not None and min(self.topk, cand_frames * self.blocks_per_frame) > 0:
-            idx, _ = self.select(query)  # [B, H, k]
-            sk, sv = self._gather(idx)
+            idx, cand = self.select(query)  # [B, H, k]
+            sk, sv = self._gather(idx, cand)
             frame = torch.div(idx, self.blocks_per_frame, rounding_mode="floor")  # [B, H, k]
             b, h, k = idx.shape
             tb = self.block_tokens
@@ -250,12 +361,12 @@ class OmniMemMemory(Memory):
         v = parts_v[0] if len(parts_v) == 1 else torch.cat([p.to(parts_v[0].dtype) for p in parts_v], dim=1)
         return MemoryView(k, v, tuple(positions), self.chunk_positions(query), mask)
 
-    def _gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gather(self, idx: torch.Tensor, cand_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each head's own blocks: [B, k*block, H, D] for k and v, in a reused buffer that holds
         ``topk`` blocks per head at most (so the view never copies a union of the heads' blocks)."""
         b, h, k = idx.shape
         tb = self.block_tokens
-        d = self.blocks.shape[-1]
+        d = self.store.shape[-1] if self.offload else self.store.k.shape[-1]
         dtype = self.store.dtype if self.offload else self.store.k.dtype
         need = 2 * b * k * tb * h * d
         buf = self._scratch.get("gather")
@@ -266,7 +377,7 @@ class OmniMemMemory(Memory):
             self._scratch["gather"] = buf
         out = buf[:need].view(2, b, k * tb, h, d)
         if self.offload:
-            self.store.gather(idx, tb, out, self.gather)
+            self.store.gather(idx, tb, out, self.gather, limit=cand_frames)
         else:
             kb = self.store.k.view(b, -1, tb, h, d)
             vb = self.store.v.view(b, -1, tb, h, d)
@@ -289,54 +400,70 @@ class OmniMemMemory(Memory):
         return out
 
     def frame_slots(self) -> dict[int, tuple[SlotStore, int]]:
-        if self.offload:
-            return {}
+        if self.offload:  # the frames the device ring holds
+            return {f: (self.ring, slot) for slot, f in enumerate(self.ring_frames) if f >= 0}
         return {f: (self.store, f) for f in range(self.frames_seen)}
 
     def _replace_frame(self, frame, store, slot, k, v) -> None:
-        self._write(frame, k, v)  # also refreshes the frame's block keys
+        self._write(frame, k, v)  # also refreshes the frame's block keys, bounds and ring slot
 
     def device_nbytes(self) -> dict[str, int]:
         """Device bytes by part: the history (0 with offload), the block keys (grow with the video,
-        1/block_tokens of the history's keys, float32), the cached window and the gather buffer
-        (both bounded)."""
+        1/block_tokens of the history's keys, float32; 0 when two-level retrieval keeps them on the
+        host), the segment index (fixed), the window (ring + cached rotated keys) and the gather
+        buffer (both bounded)."""
         def size(t):
             return 0 if t is None else t.numel() * t.element_size()
-        window = 0
+
+        def shares(t, store):
+            return store.v is not None and t.untyped_storage().data_ptr() == store.v.untyped_storage().data_ptr()
+        window = self.ring.nbytes()
         if self._win is not None:
             wv = self._win[2]
-            shared = not self.offload and wv.untyped_storage().data_ptr() == self.store.v.untyped_storage().data_ptr()
-            window = size(self._win[1]) + (0 if shared else size(wv))  # device-mode values may be store views
+            own = not (shares(wv, self.ring) or (not self.offload and shares(wv, self.store)))
+            window += size(self._win[1]) + (size(wv) if own else 0)  # values may be views of stored frames
         return {"history": 0 if self.offload else self.store.nbytes(), "block_keys": size(self.blocks),
+                "index": 0 if self.index is None else self.index.nbytes(),
                 "window": window, "gather_buffer": size(self._scratch.get("gather"))}
 
     def nbytes(self) -> int:
         return sum(self.device_nbytes().values())
 
     def host_nbytes(self) -> int:
-        """Host bytes allocated for the offloaded full-resolution history (0 without offload)."""
-        return self.store.nbytes() if self.offload else 0
+        """Host bytes allocated for the offloaded history and block keys (0 without offload)."""
+        return self.host_usage()["capacity_bytes"]
 
     def host_usage(self) -> dict[str, Any]:
-        """The host store: allocated (capacity) and used bytes, chunks, frames per chunk, pinned."""
+        """The host stores: allocated (capacity) and used bytes (history plus block keys), the
+        history's chunks and frames per chunk, whether pinned, and the block keys' share."""
         if not self.offload:
-            return {"capacity_bytes": 0, "used_bytes": 0, "chunks": 0, "chunk_frames": 0, "pinned": False}
-        s = self.store
-        return {"capacity_bytes": s.nbytes(), "used_bytes": s.used_nbytes(), "chunks": len(s.chunks),
-                "chunk_frames": s.chunk_frames, "pinned": s.pin}
+            return {"capacity_bytes": 0, "used_bytes": 0, "chunks": 0, "chunk_frames": 0, "pinned": False,
+                    "block_key_bytes": 0}
+        s, bs = self.store, self.block_store
+        extra = 0 if bs is None else bs.nbytes()
+        return {"capacity_bytes": s.nbytes() + extra, "used_bytes": s.used_nbytes() + (0 if bs is None else bs.used_nbytes()),
+                "chunks": len(s.chunks), "chunk_frames": s.chunk_frames, "pinned": s.pin, "block_key_bytes": extra}
 
     def state_dict(self) -> dict[str, Any]:
         out = super().state_dict()
-        if self.offload:
-            kv = self.store.tensors()
-            out["host_store"] = None if kv is None else {"k": kv[0], "v": kv[1]}
+        for name, st in (("host_store", self.store if self.offload else None), ("host_blocks", self.block_store)):
+            if st is not None:
+                kv = st.tensors()
+                out[name] = None if kv is None else list(kv)
+        if self.index is not None:
+            out["index"] = self.index.state()
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        if self.offload:
-            if "host_store" not in state:
-                raise ValueError("state has no 'host_store' entry")
-            if state["host_store"] is not None:
-                self.store.load(state["host_store"]["k"], state["host_store"]["v"])
+        for name, st in (("host_store", self.store if self.offload else None), ("host_blocks", self.block_store),
+                         ("index", self.index)):
+            if st is None:
+                continue
+            if name not in state:
+                raise ValueError(f"state has no '{name}' entry")
+            if name == "index":
+                st.load(state[name])
+            elif state[name] is not None:
+                st.load(*state[name])
         self._win = None
