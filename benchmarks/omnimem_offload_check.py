@@ -131,9 +131,8 @@ def view_check(device, tiny: bool) -> dict:
             if a is not None:
                 equal &= bool(torch.equal(a.k, b.k) and torch.equal(a.v, b.v))
                 compared += 1
-        m2 = mems["host2"]
-        cand = m2.window_frames(3).start
-        two_level += int(m2.index.segments(cand) * m2.index.span > m2._fetch_frames() if m2.index.frames else 0)
+        cand = mems["host2"].window_frames(3).start
+        two_level += int(cand > 0 and not mems["host2"].scores_every_block(cand))
         for m in mems.values():
             m.insert(k, v, 3 * c)
     return {"specs": specs, "views_compared": compared, "equal": equal, "two_level_views": two_level,

@@ -271,8 +271,7 @@ class OmniMemMemory(Memory):
         nc = cand_frames * nb
         qs = self._pooled_query(query)
         scale = 1.0 / math.sqrt(qs.shape[-1])
-        if self.index is None or self.index.segments(cand_frames) * self.index.span <= self._fetch_frames():
-            # every candidate block scored (the two-level index fetches them all while they fit)
+        if self.scores_every_block(cand_frames):
             if self.block_store is not None:
                 kb = self.block_store.read(0, cand_frames, qs.device)[0]
             else:
@@ -296,6 +295,11 @@ class OmniMemMemory(Memory):
         j = torch.topk(scores, k, dim=2).indices
         idx = frames.gather(2, torch.div(j, nb, rounding_mode="floor")) * nb + j % nb
         return idx.sort(dim=2).values, cand_frames
+
+    def scores_every_block(self, cand_frames: int) -> bool:
+        """Whether selection over ``cand_frames`` candidate frames scores every block: always with
+        flat scoring, and in two levels while their segments fit in the fetched frames."""
+        return self.index is None or self.index.segments(cand_frames) * self.index.span <= self._fetch_frames()
 
     def _fetch_frames(self) -> int:
         """Frames whose block keys a two-level selection fetches per head: whole segments covering
@@ -440,9 +444,9 @@ class OmniMemMemory(Memory):
             return {"capacity_bytes": 0, "used_bytes": 0, "chunks": 0, "chunk_frames": 0, "pinned": False,
                     "block_key_bytes": 0}
         s, bs = self.store, self.block_store
-        extra = 0 if bs is None else bs.nbytes()
-        return {"capacity_bytes": s.nbytes() + extra, "used_bytes": s.used_nbytes() + (0 if bs is None else bs.used_nbytes()),
-                "chunks": len(s.chunks), "chunk_frames": s.chunk_frames, "pinned": s.pin, "block_key_bytes": extra}
+        keys, keys_used = (0, 0) if bs is None else (bs.nbytes(), bs.used_nbytes())
+        return {"capacity_bytes": s.nbytes() + keys, "used_bytes": s.used_nbytes() + keys_used,
+                "chunks": len(s.chunks), "chunk_frames": s.chunk_frames, "pinned": s.pin, "block_key_bytes": keys}
 
     def state_dict(self) -> dict[str, Any]:
         out = super().state_dict()
