@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 
 from fademem.bench import speed as sp  # noqa: E402
 from fademem.memory import MemoryStack  # noqa: E402
-from fademem.sampling import FlowSchedule  # noqa: E402
+from fademem.wan.sampling import FlowSchedule  # noqa: E402
 
 MODULES = {"longlive": "wan.modules.causal_model", "fademem": "wan.modules.causal_model_fademem"}
 

@@ -131,7 +131,7 @@ def test_unknown_policy_and_bad_episodes_are_clear_errors(tiny_weights, tmp_path
 
 
 def test_episodes_cycle_benchmark_scenes_then_revisit_scenes():
-    from fademem.world import BENCHMARK_SCENES, parse_prompt
+    from fademem.embedded.world import BENCHMARK_SCENES, parse_prompt
 
     eps = bm.make_episodes(15, seed=100)
     assert [e.prompt for e in eps[:13]] == [p for p, _ in BENCHMARK_SCENES]
@@ -169,7 +169,7 @@ def test_pipeline_prefix_is_teacher_forced_and_keeps_the_noise(tiny_bundle):
 
 def test_teacher_forced_opening_is_the_truth(tiny_bundle):
     """The pipeline with the codec-encoded true opening yields exactly the true frames before the opening ends."""
-    from fademem.world import World
+    from fademem.embedded.world import World
 
     b = tiny_bundle
     truth = torch.from_numpy(World(PROMPT, 0, 64, 8).render(12))

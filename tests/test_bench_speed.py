@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from fademem.bench import speed as sp
 from fademem.cli import main
-from fademem.model import WanConfig
+from fademem.wan.model import WanConfig
 
 LATENT = (16, 4, 6)  # 2x3 = 6 tokens per latent frame
 

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from fademem import checkpoints as ck
-from fademem.checkpoints import CheckpointError, detect_layout, load_generator, load_lora, load_state_dict_any
-from fademem.checkpoints_names import original_to_diffusers
-from fademem.model import CausalWanModel
+from fademem.wan import checkpoints as ck
+from fademem.wan.checkpoints import CheckpointError, detect_layout, load_generator, load_lora, load_state_dict_any
+from fademem.wan.checkpoints_names import original_to_diffusers
+from fademem.wan.model import CausalWanModel
 
 
 def _preset(name, **kw):

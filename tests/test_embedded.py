@@ -8,10 +8,11 @@ import torch
 from click.testing import CliRunner
 
 from fademem import embedded
+from fademem.pipeline import embedded_pipeline
 from fademem.cli import main
-from fademem.model import CausalWanModel, WanConfig
-from fademem.train import CHUNK, TrainConfig, context_rule, degrade, frame_mask, train
-from fademem.video_io import read_video_info
+from fademem.wan.model import CausalWanModel, WanConfig
+from fademem.embedded.train import CHUNK, TrainConfig, context_rule, degrade, frame_mask, train
+from fademem.pipeline.video_io import read_video_info
 
 PROMPT = ("a large red circle bouncing over a striped blue background , "
           "camera pans right and returns after 4 seconds")
@@ -35,7 +36,7 @@ def test_shipped_weights_load_without_network(bundle):
 @pytest.mark.parametrize("spec", POLICIES)
 @torch.no_grad()
 def test_every_policy_gives_finite_frames(bundle, spec):
-    pipe = embedded.pipeline(bundle)
+    pipe = embedded_pipeline(bundle)
     chunks = list(pipe.generate(PROMPT, num_frames=15, memory=spec, seed=0,
                                 latent_shape=embedded.latent_shape(bundle.cfg), progress=False))
     frames = torch.cat([c.frames for c in chunks], dim=1)
@@ -46,7 +47,7 @@ def test_every_policy_gives_finite_frames(bundle, spec):
 
 @torch.no_grad()
 def test_same_seed_same_video_other_seed_differs(bundle):
-    pipe = embedded.pipeline(bundle)
+    pipe = embedded_pipeline(bundle)
     shape = embedded.latent_shape(bundle.cfg)
 
     def run(seed):
@@ -59,7 +60,7 @@ def test_same_seed_same_video_other_seed_differs(bundle):
 
 
 def test_opening_is_the_true_world(bundle):
-    from fademem.world import World
+    from fademem.embedded.world import World
 
     z = embedded.opening(bundle, [PROMPT], seed=5, seconds=1.0)
     assert z.shape[2] == 9  # 8 frames rounded up to whole chunks

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from fademem.memory import ChunkQuery, MemoryStack, build_memory
-from fademem.model import CausalWanModel, WanConfig, attention, block_causal_mask, sink_window_mask
+from fademem.wan.model import CausalWanModel, WanConfig, attention, block_causal_mask, sink_window_mask
 from fademem.rope import WanRoPE, apply_rotary
 
 CFG = WanConfig.tiny()

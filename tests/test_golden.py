@@ -25,9 +25,8 @@ import torch
 
 from fademem import embedded
 from fademem.memory import REGISTRY
-from fademem.model import CausalWanModel, WanConfig
-from fademem.pipeline import VideoPipeline
-from fademem.compressor.kv import generator_for_memory
+from fademem.wan.model import CausalWanModel, WanConfig
+from fademem.pipeline import VideoPipeline, generator_for_memory
 
 GOLDEN = Path(__file__).parent / "golden" / "outputs.json"
 RECORD = os.environ.get("FADEMEM_RECORD_GOLDEN") == "1"

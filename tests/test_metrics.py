@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from fademem.metrics import binned_by_lag, mean_ci, psnr, ssim
-from fademem.world import render
+from fademem.embedded.world import render
 
 RNG = np.random.default_rng(0)
 

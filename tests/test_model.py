@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from fademem.checkpoints_names import diffusers_to_original, original_to_diffusers
+from fademem.wan.checkpoints_names import diffusers_to_original, original_to_diffusers
 from fademem.memory import MemoryStack
-from fademem.model import (CausalWanModel, TextContext, WanConfig, block_causal_mask, flex_block_causal_mask,
+from fademem.wan.model import (CausalWanModel, TextContext, WanConfig, block_causal_mask, flex_block_causal_mask,
                            sinusoidal_embedding, sink_window_mask)
 
 CFG = WanConfig.tiny()

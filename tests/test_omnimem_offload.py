@@ -16,7 +16,7 @@ import torch
 
 from fademem.memory import ChunkQuery, build_memory
 from fademem.memory.host_store import HostFrames
-from fademem.model import attention
+from fademem.wan.model import attention
 from fademem.rope import WanRoPE
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fademem.memory import ChunkQuery, MemoryStack, build_memory
-from fademem.model import attention
+from fademem.wan.model import attention
 from fademem.rope import WanRoPE
 
 B, H, D = 2, 2, 16
@@ -321,7 +321,7 @@ def test_bad_knobs_name_the_knob(spec, knob):
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from fademem.model import CausalWanModel, WanConfig
+    from fademem.wan.model import CausalWanModel, WanConfig
 
     torch.manual_seed(0)
     return CausalWanModel(WanConfig.tiny()).eval()

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from fademem.cli import main
 from fademem.memory import build_memory
-from fademem.schedule import simulate
+from fademem.analysis.schedule import simulate
 
 
 def invoke(*args):

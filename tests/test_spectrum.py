@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fademem import video_io
+from fademem.pipeline import video_io
 from fademem.analysis.spectrum import (
     BandLayout,
     LagAccumulator,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fademem.cuda_graph import GraphedDenoiser
+from fademem.pipeline.cuda_graph import GraphedDenoiser
 from fademem.memory import MemoryStack
-from fademem.model import CausalWanModel, WanConfig
+from fademem.wan.model import CausalWanModel, WanConfig
 from fademem.pipeline import VideoPipeline, initial_noise
 
 SHAPE = (16, 4, 6)  # latent (C, h, w): 2x3 tokens per frame

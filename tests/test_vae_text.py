@@ -64,7 +64,7 @@ def make_wan_dir(root):
 
 # -- VAE ---------------------------------------------------------------------------------------
 def test_streaming_decode_equals_one_shot():
-    from fademem.vae import WanVAEDecoder, to_uint8
+    from fademem.wan.vae import WanVAEDecoder, to_uint8
 
     vae = make_vae()
     dec = WanVAEDecoder(vae)
@@ -95,7 +95,7 @@ def test_streaming_decode_equals_one_shot():
 
 
 def test_vae_from_pretrained(tmp_path):
-    from fademem.vae import WanVAEDecoder
+    from fademem.wan.vae import WanVAEDecoder
 
     make_vae(tmp_path / "wan" / "vae")
     dec = WanVAEDecoder.from_pretrained(tmp_path / "wan")
@@ -110,7 +110,7 @@ def test_vae_from_pretrained(tmp_path):
 
 # -- text ----------------------------------------------------------------------------------------
 def test_umt5_zeroes_padding_and_returns_512_positions(tmp_path):
-    from fademem.text import UMT5TextEncoder, clean_prompt
+    from fademem.wan.text import UMT5TextEncoder, clean_prompt
 
     make_wan_dir_text = tmp_path / "wan"
     make_tokenizer(make_wan_dir_text / "tokenizer")
@@ -135,7 +135,7 @@ def test_umt5_zeroes_padding_and_returns_512_positions(tmp_path):
 
 
 def test_umt5_missing_files(tmp_path):
-    from fademem.text import UMT5TextEncoder
+    from fademem.wan.text import UMT5TextEncoder
 
     with pytest.raises(FileNotFoundError, match="not found"):
         UMT5TextEncoder.from_pretrained(tmp_path / "nowhere")
@@ -149,7 +149,7 @@ def test_umt5_missing_files(tmp_path):
 
 # -- mp4 writer ------------------------------------------------------------------------------------
 def test_video_writer_roundtrip(tmp_path):
-    from fademem.video_io import VideoWriter, iter_video_frames, read_video_info
+    from fademem.pipeline.video_io import VideoWriter, iter_video_frames, read_video_info
 
     rng = np.random.default_rng(0)
     path = tmp_path / "v.mp4"

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fademem.world import (BENCHMARK_SCENES, GRAMMAR, MAX_PROMPT_WORDS, PAD_ID, SHAPES, VOCABULARY, ObjectSpec,
+from fademem.embedded.world import (BENCHMARK_SCENES, GRAMMAR, MAX_PROMPT_WORDS, PAD_ID, SHAPES, VOCABULARY, ObjectSpec,
                            World, detokenize, frame_at, home_return_frames, iter_frames, last_seen, parse_prompt,
                            render, revisit_scene, sample_prompt, sample_scene, tokenize)
 

@@ -473,7 +473,7 @@ def analyse_videos(paths, params: SpectrumParams | None = None, *, size=None, st
     """Stream every video, report per video and (pool=True, several videos) pooled over all pairs."""
     from tqdm import tqdm
 
-    from fademem import video_io
+    from fademem.pipeline import video_io
 
     params = (params or SpectrumParams()).validate()
     if vae_dir is not None:

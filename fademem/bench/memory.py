@@ -1,6 +1,6 @@
 """``fademem bench memory``: long-memory quality against the procedural world's ground truth.
 
-Each *episode* is a scene of ``fademem.world`` with a seed: first the curated
+Each *episode* is a scene of ``fademem.embedded.world`` with a seed: first the curated
 ``BENCHMARK_SCENES`` in order (or the indices given by ``scenes``), then random
 ``revisit_scene(seed + i)`` scenes (the camera pans away and comes back). For every episode and
 every memory policy the embedded model (``fademem.embedded``, 64x64 frames, 8 fps, one latent frame
@@ -113,7 +113,7 @@ def budget_spec(policy: str, budget: int) -> tuple[str, str | None]:
 def parse_policies(value: str | Sequence[str]) -> list[str]:
     """'full,window:budget=12,sink:budget=12,sink=3' -> specs (a key=value after a comma continues
     the previous spec), as ``bench speed`` reads them."""
-    from .speed import parse_list
+    from fademem.bench.speed import parse_list
 
     out = parse_list(value)
     if not out:
@@ -136,7 +136,7 @@ class Episode:
 def make_episodes(n: int, seed: int = 0, scenes: Sequence[int] | None = None) -> list[Episode]:
     """``n`` episodes: the benchmark scenes (all of them in order, or the indices ``scenes``), then
     ``revisit_scene(seed + i)`` for the rest. Episode i's noise seed is ``seed + i``."""
-    from fademem.world import BENCHMARK_SCENES, revisit_scene
+    from fademem.embedded.world import BENCHMARK_SCENES, revisit_scene
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"episodes must be an integer >= 1, got {n!r}")
@@ -282,11 +282,11 @@ def watched_stack(spec: str, num_layers: int):
 def run_memory(run: MemoryRun, log=print) -> dict:
     """The whole benchmark; returns the JSON-able report (see ``write_json``)."""
     from fademem import embedded
-    from fademem.compressor.kv import generator_for_memory
+    from fademem.pipeline import generator_for_memory
     from fademem.pipeline import VideoPipeline, initial_noise
-    from fademem.world import World, last_seen
+    from fademem.embedded.world import World, last_seen
 
-    from .speed import environment
+    from fademem.bench.speed import environment
 
     resolved = validate(run)
     episodes = make_episodes(run.episodes, run.seed, run.scenes)
@@ -336,7 +336,7 @@ def run_memory(run: MemoryRun, log=print) -> dict:
             try:
                 stack, seen = watched_stack(spec, bundle.model.config.num_layers)
                 if run_pipe is None:
-                    model = generator_for_memory(bundle.model, spec)  # the compressor's generator LoRA, if any
+                    model = generator_for_memory(bundle.model, spec)  # what the policy declares (e.g. a LoRA), if anything
                     run_pipe = pipe if model is bundle.model else VideoPipeline(
                         model, bundle.text, None, frames_per_chunk=FRAMES_PER_CHUNK, steps=tuple(run.steps))
                 gen = run_pipe.generate(prompts, num_frames, memory=stack, seed=episodes[group[0]].noise_seed,

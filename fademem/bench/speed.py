@@ -46,12 +46,10 @@ from typing import Any
 
 import torch
 
-from .flops import chunk_flops, forward_flops, text_flops
-from .speed_device import (SDPA_BACKENDS, ChunkTimer, RegionalCompile, _count_syncs, _sync, environment,
-                           measure_matmul_peak, sdpa_context)
-from .speed_report import compare_policies, format_table, plot, write_json
-from .speed_stats import (VIDEO_FPS, VIDEO_FRAMES_PER_LATENT, _flatness, _windows, chunk_seconds, frames_for_seconds,
-                          summarise, timed_chunks)
+from fademem.bench.flops import chunk_flops, forward_flops, text_flops
+from fademem.bench.speed_device import SDPA_BACKENDS, ChunkTimer, RegionalCompile, _count_syncs, _sync, environment, measure_matmul_peak, sdpa_context
+from fademem.bench.speed_report import compare_policies, format_table, plot, write_json
+from fademem.bench.speed_stats import VIDEO_FPS, VIDEO_FRAMES_PER_LATENT, _flatness, _windows, chunk_seconds, frames_for_seconds, summarise, timed_chunks
 
 __all__ = [
     "DEFAULT_POLICIES", "VIDEO_FPS", "VIDEO_FRAMES_PER_LATENT", "SDPA_BACKENDS", "COMPILE_MODES", "POLICY_NOTES",
@@ -96,10 +94,10 @@ class SpeedSetup:
     warmup: int = 3
     sdpa: str = "auto"
     compile: str = "none"
-    cuda_graph: bool = False  # replay the denoising forwards from a CUDA graph (fademem.cuda_graph)
+    cuda_graph: bool = False  # replay the denoising forwards from a CUDA graph (fademem.pipeline.cuda_graph)
 
     def wan_config(self):
-        from fademem.model import WanConfig
+        from fademem.wan.model import WanConfig
 
         makers = {"1.3b": WanConfig.wan_1_3b, "14b": WanConfig.wan_14b, "tiny": WanConfig.tiny}
         if self.config not in makers:
@@ -120,7 +118,7 @@ class SpeedSetup:
 
 def build_model(setup: SpeedSetup):
     """Random weights at the setup's config, built directly on the device, eval, no grad."""
-    from fademem.model import CausalWanModel
+    from fademem.wan.model import CausalWanModel
 
     cfg = setup.wan_config()
     torch.manual_seed(setup.seed)
@@ -486,7 +484,7 @@ def run_speed(run: SpeedRun, log=print) -> dict:
             (report["long_runs"]["policies"] if long else report["policies"]).append(res)
 
     if run.e2e_policies:
-        from .speed_e2e import run_end_to_end
+        from fademem.bench.speed_e2e import run_end_to_end
 
         report["end_to_end"] = run_end_to_end(model, run, text, peak, budget, report, log)
 

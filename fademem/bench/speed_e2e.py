@@ -4,7 +4,7 @@ The VAE is diffusers' ``AutoencoderKLWan`` at the Wan2.1 configuration (diffuser
 defaults are that configuration: base_dim 96, z_dim 16, dim_mult [1, 2, 4, 4], 2 residual blocks,
 temporal downsampling [False, True, True], the published latent mean/std), with random weights in
 the benchmark dtype on the device -- the decode cost does not depend on the weights. The pipeline
-decodes chunk by chunk through ``fademem.vae.WanVAEDecoder`` (its causal feature cache carried
+decodes chunk by chunk through ``fademem.wan.vae.WanVAEDecoder`` (its causal feature cache carried
 between chunks), as a real generation does, and the decoded uint8 frames reach the host before a
 chunk counts as done.
 
@@ -33,7 +33,7 @@ def build_random_vae(device: str | torch.device, dtype: torch.dtype, which: str 
     """A ``WanVAEDecoder`` over a random-weight ``AutoencoderKLWan`` (``which``: 'wan2.1' or 'tiny')."""
     from diffusers import AutoencoderKLWan
 
-    from fademem.vae import WanVAEDecoder
+    from fademem.wan.vae import WanVAEDecoder
 
     kw = {"wan2.1": WAN21_VAE, "tiny": TINY_VAE}.get(which)
     if kw is None:
@@ -63,7 +63,7 @@ def time_decode(decoder, latent: tuple[int, int, int], fpc: int, device: torch.d
 
 def run_end_to_end(model, run, text, peak, budget, report: dict, log) -> dict[str, Any]:
     """DiT + streaming decode for ``run.e2e_policies``; see the module doc."""
-    from .speed import frames_for_seconds, rel_l2, run_policy
+    from fademem.bench.speed import frames_for_seconds, rel_l2, run_policy
 
     setup = run.setup
     device = torch.device(setup.device)

@@ -10,8 +10,7 @@ Autoregressive Video Memory Compression").
   train-compressor``), and retrieval-vs-rate evaluation.
 """
 
-from .nets import (CompressorConfig, Encoded, HistoryEncoder, RetrievalDecoder, build, load, parse_channels,
-                   parse_rate, pretrain, retrieval_loss, retrieval_metrics, save, sincos, world_histories)
+from fademem.compressor.nets import CompressorConfig, Encoded, HistoryEncoder, RetrievalDecoder, build, load, parse_channels, parse_rate, pretrain, retrieval_loss, retrieval_metrics, save, sincos, world_histories
 
 __all__ = ["CompressorConfig", "Encoded", "HistoryEncoder", "RetrievalDecoder", "build", "load", "parse_channels",
            "parse_rate", "pretrain", "retrieval_loss", "retrieval_metrics", "save", "sincos", "world_histories"]

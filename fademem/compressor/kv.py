@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nets import CompressorConfig, Encoded, HistoryEncoder, RetrievalDecoder, parse_channels, parse_rate
+from fademem.compressor.nets import CompressorConfig, Encoded, HistoryEncoder, RetrievalDecoder, parse_channels, parse_rate
 
 
 @dataclass
@@ -218,34 +218,3 @@ def default_path() -> Path:
     from importlib import resources
 
     return Path(str(resources.files("fademem") / "assets" / "compressor.safetensors"))
-
-
-def merge_generator_lora(model: nn.Module, path: str | Path, kv: KVFile | None = None) -> nn.Module:
-    """Merge the generator LoRA stored in a compressor file into ``model`` (peft); returns the model.
-    ``kv``: the file already loaded from ``path``."""
-    from ..lora import merge_lora_pairs
-
-    kv = kv or load(path)
-    if not kv.lora:
-        raise ValueError(f"{path} holds no generator LoRA")
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for name, t in kv.lora.items():
-        module, _, ab = name.rpartition(".lora_")
-        pairs.setdefault(module, {})[ab.split(".")[0]] = t
-    return merge_lora_pairs(model, pairs, {"lora_alpha": kv.lora_info.alpha}, source=str(path))
-
-
-def generator_for_memory(model: nn.Module, spec) -> nn.Module:
-    """The generator to run with memory ``spec``: for a ``compressor`` spec whose file carries a
-    generator LoRA (and ``generator_lora=true``), a copy of ``model`` with it merged; else ``model``."""
-    import copy
-
-    from ..memory import build_memory
-
-    mem = build_memory(spec) if isinstance(spec, str) else spec
-    if getattr(mem, "name", "") != "compressor" or not mem.generator_lora or mem.weights_path is None:
-        return model
-    f = load(mem.weights_path)
-    if not f.lora:
-        return model
-    return merge_generator_lora(copy.deepcopy(model), mem.weights_path, f)

@@ -265,8 +265,8 @@ def world_histories(batch: int, frames: int, rng, size: int = 64, fps: int = 8, 
     """``batch`` procedural-world histories of ``frames`` frames as folded-pixel latents [B, 48, T, 16, 16]."""
     import numpy as np
 
-    from ..embedded import EmbeddedConfig, PixelCodec
-    from ..world import World, sample_prompt
+    from fademem.embedded import EmbeddedConfig, PixelCodec
+    from fademem.embedded.world import World, sample_prompt
 
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     video = np.empty((batch, frames, size, size, 3), np.float32)
@@ -356,8 +356,8 @@ def retrieval_metrics(encoder: HistoryEncoder, decoder: RetrievalDecoder, histor
                       seed: int = 0) -> dict:
     """Retrieve every history frame from pure noise (sigma = 1) and score it against the truth:
     mean PSNR / SSIM (``fademem.metrics``) on decoded pixels, with the rate and token counts."""
-    from ..embedded import EmbeddedConfig, PixelCodec
-    from ..metrics import psnr, ssim
+    from fademem.embedded import EmbeddedConfig, PixelCodec
+    from fademem.metrics import psnr, ssim
 
     b, c, t, h, w = history_latents.shape
     enc = encoder(history_latents)

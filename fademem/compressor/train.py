@@ -1,6 +1,6 @@
 """Training the K/V compressor and the generator that reads it (``fademem train-compressor``).
 
-Two stages, as in the paper, on any :class:`~fademem.model.CausalWanModel` (the embedded model and
+Two stages, as in the paper, on any :class:`~fademem.wan.model.CausalWanModel` (the embedded model and
 its procedural world by default; a real Wan generator with user latents through the same
 functions):
 
@@ -34,13 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
-from ..memory.base import MemoryView
-from ..memory.compressor import group_centre, layout
-from ..model import sink_window_mask
-from ..rope import apply_rotary
-from ..train import CHUNK
-from .kv import KVCompressor, KVCompressorConfig, KVRetrieval, LoRAInfo
-from .nets import parse_rate
+from fademem.memory.base import MemoryView
+from fademem.memory.compressor import group_centre, layout
+from fademem.wan.model import sink_window_mask
+from fademem.rope import apply_rotary
+from fademem.embedded.train import CHUNK
+from fademem.compressor.kv import KVCompressor, KVCompressorConfig, KVRetrieval, LoRAInfo
+from fademem.compressor.nets import parse_rate
 
 LORA_TARGETS = r".*self_attn\.(q|k|v|o)$"
 
@@ -96,7 +96,7 @@ class WorldClips(IterableDataset):
         return lo, s + CHUNK
 
     def __iter__(self):
-        from ..train import random_world
+        from fademem.embedded.train import random_world
 
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.cfg.seed, info.id if info else 0, self.stage == "pretrain"])
@@ -327,8 +327,8 @@ def lora_state(model) -> dict[str, torch.Tensor]:
 def finetune(model, text, codec, comp: KVCompressor, cfg: CompressorTrainConfig, device: str = "cuda",
              batches=None, log=print):
     """Stage 2 (LoRA is added to ``model`` in place). Returns (LoRA tensors, LoRAInfo, logged losses)."""
-    from ..sampling import FlowSchedule
-    from ..train import degrade, target_sigmas
+    from fademem.wan.sampling import FlowSchedule
+    from fademem.embedded.train import degrade, target_sigmas
 
     torch.manual_seed(cfg.seed + 1)
     text.eval().requires_grad_(False)
@@ -390,7 +390,7 @@ def retrieval_eval(model, text, codec, comp: KVCompressor, retrieval: KVRetrieva
                    device: str = "cpu", clips: int = 32, seed: int = 1234) -> dict:
     """Retrieve every frame of held-out world histories from pure noise (sigma = 1, one decoder
     step) and score the decoded pixels: PSNR / SSIM, tokens per group and compression factor."""
-    from ..metrics import psnr, ssim
+    from fademem.metrics import psnr, ssim
 
     ecfg = dict(batch=clips, seed=seed, workers=0, pool=clips)
     data = next(iter(WorldClips(CompressorTrainConfig(**{**asdict(cfg), **ecfg}), "pretrain")))

@@ -4,14 +4,14 @@ Adding a policy: write ``memory/<name>.py`` with a ``@register``-ed ``Memory`` s
 import it below.
 """
 
-from .base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
-from .registry import REGISTRY, build_memory, describe, parse_spec, register
-from .stack import MemoryStack
+from fademem.memory.base import ChunkQuery, Entry, GeneratorAdapter, Memory, MemoryView, SlotStore
+from fademem.memory.registry import REGISTRY, build_memory, describe, parse_spec, register
+from fademem.memory.stack import MemoryStack
 
 # Policies register themselves on import.
-from . import full, window, sink, memrope, fademem  # noqa: E402,F401  isort:skip
-from . import deepforcing, omnimem, memflow  # noqa: E402,F401  isort:skip
-from . import compressor  # noqa: E402,F401  isort:skip
+from fademem.memory import full, window, sink, memrope, fademem  # noqa: E402,F401  isort:skip
+from fademem.memory import deepforcing, omnimem, memflow  # noqa: E402,F401  isort:skip
+from fademem.memory import compressor  # noqa: E402,F401  isort:skip
 
-__all__ = ["ChunkQuery", "Entry", "Memory", "MemoryView", "SlotStore", "MemoryStack",
+__all__ = ["ChunkQuery", "Entry", "GeneratorAdapter", "Memory", "MemoryView", "SlotStore", "MemoryStack",
            "REGISTRY", "build_memory", "describe", "parse_spec", "register"]

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..rope import WanRoPE, apply_rotary
+from fademem.rope import WanRoPE, apply_rotary
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,18 @@ class SlotStore:
         self.n_tok = 0
 
 
+@dataclass(frozen=True)
+class GeneratorAdapter:
+    """What a policy needs changed in the generator it runs with, declared as data so that callers
+    (``generate``, the benchmarks) merge it without knowing the policy: a LoRA trained to read this
+    memory, as ``{module name: {"A": [r, in], "B": [out, r]}}`` with its ``alpha`` (merged as
+    ``W + alpha / r * B @ A``). ``source`` names where it came from (for error messages)."""
+
+    lora: dict[str, dict[str, torch.Tensor]]
+    alpha: float
+    source: str
+
+
 @dataclass
 class Memory:
     """Base class of every policy: a small dataclass whose fields are its knobs.
@@ -227,6 +239,10 @@ class Memory:
     def knobs(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name not in ("rope", "tokens_per_frame")}
+
+    def generator_adapter(self) -> GeneratorAdapter | None:
+        """A change this policy needs in the generator (e.g. a LoRA trained to read it); None: none."""
+        return None
 
     def spec(self) -> str:
         """A spec string that rebuilds this policy with ``build_memory``."""

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import torch
 
-from ..compressor.kv import KVCompressor, KVCompressorConfig, default_path, load
-from ..compressor.nets import parse_channels, parse_rate
-from ..rope import apply_rotary
-from .base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
-from .registry import register
-from .window import check_int
+from fademem.compressor.kv import KVCompressor, KVCompressorConfig, default_path, load
+from fademem.compressor.nets import parse_channels, parse_rate
+from fademem.rope import apply_rotary
+from fademem.memory.base import ChunkQuery, Entry, GeneratorAdapter, Memory, MemoryView, SlotStore
+from fademem.memory.registry import register
+from fademem.memory.window import check_int
 
 _COMPRESSORS: dict[tuple, KVCompressor] = {}  # one module per (file or random config, device)
 
@@ -130,6 +130,19 @@ class CompressorMemory(Memory):
         diff = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name not in ("rope", "tokens_per_frame") and getattr(self, f.name) != f.default}
         return self.name + (":" + ",".join(f"{k}={v}" for k, v in diff.items()) if diff else "")
+
+    def generator_adapter(self) -> GeneratorAdapter | None:
+        """The generator LoRA stored beside the compressor (``generator_lora=true`` and a file with one)."""
+        if not self.generator_lora or self.weights_path is None:
+            return None
+        f = load(self.weights_path)
+        if not f.lora:
+            return None
+        pairs: dict[str, dict[str, torch.Tensor]] = {}
+        for name, t in f.lora.items():
+            module, _, ab = name.rpartition(".lora_")
+            pairs.setdefault(module, {})[ab.split(".")[0]] = t
+        return GeneratorAdapter(pairs, float(f.lora_info.alpha), self.weights_path)
 
     @property
     def weights_path(self) -> str | None:

@@ -52,9 +52,9 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from .base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
-from .registry import register
-from .window import check_int
+from fademem.memory.base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
+from fademem.memory.registry import register
+from fademem.memory.window import check_int
 
 MODES = ("compress", "sink-only")
 POSITIONS = ("frame", "unified", "absolute")

@@ -39,9 +39,9 @@ from typing import ClassVar, Literal
 
 import torch
 
-from . import fademem_schedule as fs
-from .base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
-from .registry import register
+from fademem.memory import fademem_schedule as fs
+from fademem.memory.base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
+from fademem.memory.registry import register
 
 
 @register

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
-from .registry import register
+from fademem.memory.base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
+from fademem.memory.registry import register
 
 
 @register

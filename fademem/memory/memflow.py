@@ -31,10 +31,10 @@ from typing import ClassVar, Literal
 
 import torch
 
-from .base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
-from .deepforcing import rotate_tokens
-from .registry import register
-from .window import check_int, check_positions
+from fademem.memory.base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
+from fademem.memory.deepforcing import rotate_tokens
+from fademem.memory.registry import register
+from fademem.memory.window import check_int, check_positions
 
 
 @register

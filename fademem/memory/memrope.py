@@ -45,9 +45,9 @@ from typing import Literal
 
 import torch
 
-from .base import ChunkQuery, Entry, Memory, MemoryView, SlotStore, check_kv
-from .registry import register
-from .window import check_int
+from fademem.memory.base import ChunkQuery, Entry, Memory, MemoryView, SlotStore, check_kv
+from fademem.memory.registry import register
+from fademem.memory.window import check_int
 
 MODES = ("global", "position")
 

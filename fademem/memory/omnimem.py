@@ -71,13 +71,13 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from ..rope import WanRoPE, _to_device
-from .base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
-from .deepforcing import rotate_tokens
-from .host_store import HostFrames
-from .registry import register
-from .segment_index import SegmentBounds
-from .window import check_int
+from fademem.rope import WanRoPE, _to_device
+from fademem.memory.base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
+from fademem.memory.deepforcing import rotate_tokens
+from fademem.memory.host_store import HostFrames
+from fademem.memory.registry import register
+from fademem.memory.segment_index import SegmentBounds
+from fademem.memory.window import check_int
 
 
 def parse_grid(policy: str, grid: str) -> tuple[int, int] | None:

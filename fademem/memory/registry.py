@@ -7,7 +7,7 @@ import types
 import typing
 from typing import Any
 
-from .base import Memory
+from fademem.memory.base import Memory
 
 REGISTRY: dict[str, type[Memory]] = {}
 _PRIVATE = ("rope", "tokens_per_frame")

@@ -28,9 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
-from .registry import register
-from .window import check_int, check_positions
+from fademem.memory.base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
+from fademem.memory.registry import register
+from fademem.memory.window import check_int, check_positions
 
 
 @register

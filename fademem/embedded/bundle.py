@@ -1,7 +1,7 @@
 """The embedded default generator: a small causal Wan DiT of our own, shipped in the package.
 
-It is the real model code (``fademem.model``) at a small configuration, trained on the
-procedural world (``fademem.world``) by ``fademem train``. Three parts travel in one
+It is the real model code (``fademem.wan.model``) at a small configuration, trained on the
+procedural world (``fademem.embedded.world``) by ``fademem train``. Three parts travel in one
 safetensors file (``fademem/assets/embedded.safetensors``):
 
 * ``dit.*``   the causal Wan DiT (original Wan names under the prefix);
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import CausalWanModel, WanConfig
+from fademem.wan.model import CausalWanModel, WanConfig
 
 ASSET = "embedded.safetensors"
 
@@ -105,7 +105,7 @@ class WordTextEncoder(nn.Module):
         return self.pos.device
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        from .world import parse_prompt, tokenize
+        from fademem.embedded.world import parse_prompt, tokenize
 
         for p in prompts:
             parse_prompt(p)  # the embedded model only knows its world: a clear error listing the grammar
@@ -145,7 +145,7 @@ class EmbeddedBundle:
 
 
 def build(cfg: EmbeddedConfig | None = None, dit: WanConfig | None = None) -> EmbeddedBundle:
-    from .world import VOCABULARY
+    from fademem.embedded.world import VOCABULARY
 
     cfg = cfg or EmbeddedConfig()
     dit = dit or cfg.dit_config()
@@ -197,14 +197,6 @@ def load(path: str | Path | None = None, device="cpu", dtype=torch.float32) -> E
     return bundle.to(device, dtype)
 
 
-def pipeline(bundle: EmbeddedBundle | None = None, device="cpu", dtype=torch.float32, **kwargs):
-    """A ``VideoPipeline`` over the embedded model (shipped weights unless a bundle is given)."""
-    from .pipeline import VideoPipeline
-
-    bundle = bundle or load(device=device, dtype=dtype)
-    return VideoPipeline(bundle.model, bundle.text, bundle.codec, **kwargs)
-
-
 def latent_shape(cfg: EmbeddedConfig) -> tuple[int, int, int]:
     return cfg.channels, cfg.latent_hw, cfg.latent_hw
 
@@ -216,7 +208,7 @@ def opening(bundle: EmbeddedBundle, prompts: list[str], seed: int, seconds: floa
 
     import numpy as np
 
-    from .world import World
+    from fademem.embedded.world import World
 
     n = frames_per_chunk * math.ceil(seconds * bundle.cfg.fps / frames_per_chunk - 1e-9)
     if n <= 0:

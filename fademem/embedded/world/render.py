@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .grammar import SceneSpec, parse_prompt
-from .scene import WORLD_WIDTH, Layout
-from .textures import RGB, SDF, make_texture
+from fademem.embedded.world.grammar import SceneSpec, parse_prompt
+from fademem.embedded.world.scene import WORLD_WIDTH, Layout
+from fademem.embedded.world.textures import RGB, SDF, make_texture
 
 Scene = SceneSpec | str
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .memory.base import Entry
-from .memory.fademem import FadeMemMemory
-from .memory.fademem_schedule import Meta
+from fademem.memory.base import Entry
+from fademem.memory.fademem import FadeMemMemory
+from fademem.memory.fademem_schedule import Meta
 
 
 @dataclass

@@ -100,7 +100,7 @@ def schedule(budget, beta, steps, no_anchor, preset, merge, span_gamma, position
     """FadeMem's memory after STEPS frames (metadata only): mu is a 0-based latent frame index."""
     import json
 
-    from fademem.schedule import format_table, plot_layout, simulate
+    from fademem.analysis.schedule import format_table, plot_layout, simulate
 
     try:
         run = simulate(budget, beta, steps, anchor=not no_anchor, preset=preset, merge=merge,
@@ -153,7 +153,7 @@ def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_d
 
     import torch
 
-    from .pipeline import latent_frames_for_seconds, load_wan_pipeline, parse_switch
+    from fademem.pipeline import latent_frames_for_seconds, load_wan_pipeline, parse_switch
 
     if (prompt is None) == (prompts_file is None):
         raise click.UsageError("give exactly one of --prompt TEXT or --prompts FILE")
@@ -177,7 +177,7 @@ def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_d
         switches = [parse_switch(s) for s in switch_specs]
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--switch") from None
-    from .memory import parse_spec
+    from fademem.memory import parse_spec
 
     try:
         parse_spec(memory_spec)
@@ -234,8 +234,8 @@ def _out_paths(out: str, n: int) -> list[str]:
 def _generate_embedded(prompts, seconds, memory_spec, out, seed, switches, device, dtype, context_noise,
                        weights, opening):
     """`fademem generate` with no checkpoint: the small model shipped in the package (CPU is fine)."""
-    from . import embedded
-    from .pipeline import latent_frames_for_seconds
+    from fademem import embedded
+    from fademem.pipeline import latent_frames_for_seconds
 
     try:
         bundle = embedded.load(weights, device=device, dtype=dtype)
@@ -243,12 +243,13 @@ def _generate_embedded(prompts, seconds, memory_spec, out, seed, switches, devic
             bundle.text.tokenize([p])  # prompts outside the world's grammar fail before any work
         import dataclasses
 
-        from .compressor.kv import generator_for_memory
+        from fademem.pipeline import embedded_pipeline, generator_for_memory
 
-        model = generator_for_memory(bundle.model, memory_spec)  # + the compressor's generator LoRA
+        model = generator_for_memory(bundle.model, memory_spec)  # what the policy declares, e.g. a LoRA
         if model is not bundle.model:
-            click.echo("compressor memory: its generator LoRA is merged into the embedded model", err=True)
-        pipe = embedded.pipeline(dataclasses.replace(bundle, model=model), context_noise=context_noise)
+            click.echo(f"memory {memory_spec}: the generator LoRA it declares (Memory.generator_adapter) is merged "
+                       "into the embedded model", err=True)
+        pipe = embedded_pipeline(dataclasses.replace(bundle, model=model), context_noise=context_noise)
         num_frames = latent_frames_for_seconds(seconds, fps=bundle.cfg.fps, temporal_stride=1)
     except (FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
@@ -288,7 +289,7 @@ def _generate_embedded(prompts, seconds, memory_spec, out, seed, switches, devic
 def train_cmd(out, steps, batch, lr, workers, time_limit, dim, layers, heads, ffn, max_history, max_context, seed,
               init, device):
     """Train the embedded model on the procedural world (memory-shaped context sampling)."""
-    from fademem.train import TrainConfig, train
+    from fademem.embedded.train import TrainConfig, train
 
     try:
         cfg = TrainConfig(steps=steps, batch=batch, lr=lr, workers=workers, time_limit=time_limit, dim=dim,
@@ -450,7 +451,7 @@ def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, d
 
 
 def _register_commands() -> None:
-    from .compressor.cli import train_compressor
+    from fademem.cli.compressor import train_compressor
 
     main.add_command(train_compressor)
 

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .scene import WORLD_WIDTH
+from fademem.embedded.world.scene import WORLD_WIDTH
 
 RGB = {
     "red": (0.90, 0.15, 0.15), "orange": (0.97, 0.55, 0.10), "yellow": (0.95, 0.90, 0.20),

@@ -1,5 +1,5 @@
 """LoRA adapters: read peft LoRA files (:func:`read_lora`), check them against a model and merge them
-with peft (:func:`load_lora`). The merge rule is described in :mod:`fademem.checkpoints`, which
+with peft (:func:`load_lora`). The merge rule is described in :mod:`fademem.wan.checkpoints`, which
 re-exports both functions.
 """
 
@@ -13,10 +13,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .checkpoints_read import (_MAX_LISTED, _WRAPPER_COMPONENTS, CheckpointError, PathLike, _listing, _open,
-                               _read_json, _read_safetensors)
+from fademem.wan.checkpoints_read import _MAX_LISTED, _WRAPPER_COMPONENTS, CheckpointError, PathLike, _listing, _open, _read_json, _read_safetensors
 
-log = logging.getLogger("fademem.checkpoints")  # one logger for the checkpoint modules, as before the split
+log = logging.getLogger("fademem.wan.checkpoints")  # one logger for the checkpoint modules, as before the split
 
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[A-Za-z0-9_\-]+))?\.weight$")
 _LORA_PREFIXES = ("base_model.model.", "base_model.", "model.", "diffusion_model.")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .grammar import CameraSpec, OccluderSpec, SceneSpec
+from fademem.embedded.world.grammar import CameraSpec, OccluderSpec, SceneSpec
 
 WORLD_WIDTH = 4  # viewports; content leaves the frame and comes back
 HOME_HOLD = 2.0  # s at home before each 'pans ... and returns' excursion

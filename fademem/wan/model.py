@@ -1,7 +1,7 @@
 """The causal Wan2.1 DiT (Self-Forcing / LongLive / FadeMem backbone) in one file.
 
 Parameter names follow the original Wan release, so published state dicts load as they are
-(``fademem.checkpoints_names`` converts to and from diffusers' names). There are no buffers: RoPE
+(``fademem.wan.checkpoints_names`` converts to and from diffusers' names). There are no buffers: RoPE
 is evaluated by :class:`fademem.rope.WanRoPE`, which keeps its cos/sin tables on the input's device.
 
 Self-attention is where bounded memory enters. With ``memory=None`` a forward attends over the
@@ -40,8 +40,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-from .memory.base import ChunkQuery
-from .rope import WanRoPE, apply_rotary
+from fademem.memory.base import ChunkQuery
+from fademem.rope import WanRoPE, apply_rotary
 
 # Replace with ``torch.compile(flex_attention)`` for fused kernels; the eager function works on
 # every device (CPU included) but materialises the score matrix.

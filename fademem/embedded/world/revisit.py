@@ -28,9 +28,9 @@ import math
 
 import numpy as np
 
-from .grammar import COLOURS, SECONDS, SHAPES, SIZES, TEXTURES, CameraSpec, ObjectSpec, SceneSpec, _rng
-from .render import Scene, World, as_spec
-from .scene import return_cycle
+from fademem.embedded.world.grammar import COLOURS, SECONDS, SHAPES, SIZES, TEXTURES, CameraSpec, ObjectSpec, SceneSpec, _rng
+from fademem.embedded.world.render import Scene, World, as_spec
+from fademem.embedded.world.scene import return_cycle
 
 MODES = ("revisit", "since")
 

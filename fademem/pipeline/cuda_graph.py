@@ -32,9 +32,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 import torch
 
-from .memory.base import ChunkQuery
-from .model import attention
-from .rope import apply_rotary
+from fademem.memory.base import ChunkQuery
+from fademem.wan.model import attention
+from fademem.rope import apply_rotary
 
 
 class GraphedDenoiser:

@@ -1,7 +1,7 @@
 """Load the published checkpoint layouts of causal Wan2.1 generators.
 
 Users point fademem at the files they already have; this module works out what they are and
-turns them into a :class:`fademem.model.CausalWanModel` with the original Wan parameter names.
+turns them into a :class:`fademem.wan.model.CausalWanModel` with the original Wan parameter names.
 
 Layouts (what :func:`detect_layout` returns)
 --------------------------------------------
@@ -14,7 +14,7 @@ Layouts (what :func:`detect_layout` returns)
     diffusers ``WanTransformer3DModel`` weights: a pipeline directory with ``transformer/``, a
     transformer directory whose ``config.json`` has ``_class_name: WanTransformer3DModel``, or a
     ``.safetensors`` file with diffusers names. Names are converted with
-    :func:`fademem.checkpoints_names.diffusers_to_original`.
+    :func:`fademem.wan.checkpoints_names.diffusers_to_original`.
 ``"self-forcing"``
     ``torch.save`` dict with ``generator``, ``critic`` and ``generator_ema`` (Self-Forcing DMD).
 ``"causvid"``
@@ -70,8 +70,8 @@ rank 256, alpha 256).
 
 Modules
 -------
-Reading files and detecting layouts lives in :mod:`fademem.checkpoints_read`, the LoRA merge in
-:mod:`fademem.lora`; this module builds and saves the model and re-exports their public names.
+Reading files and detecting layouts lives in :mod:`fademem.wan.checkpoints_read`, the LoRA merge in
+:mod:`fademem.wan.lora`; this module builds and saves the model and re-exports their public names.
 """
 
 from __future__ import annotations
@@ -89,9 +89,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .checkpoints_read import (_MAX_LISTED, _WAN_WEIGHTS, LAYOUTS, CheckpointError, PathLike, _listing, _load,
-                               detect_layout, load_state_dict_any)
-from .lora import load_lora, read_lora
+from fademem.wan.checkpoints_read import _MAX_LISTED, _WAN_WEIGHTS, LAYOUTS, CheckpointError, PathLike, _listing, _load, detect_layout, load_state_dict_any
+from fademem.wan.lora import load_lora, read_lora
 
 __all__ = [
     "LAYOUTS",
@@ -112,17 +111,17 @@ _HEAD_DIM = 128
 # small helpers
 # --------------------------------------------------------------------------------------------
 def _model_module():
-    from fademem import model as model_mod
+    from fademem.wan import model as model_mod
 
     return model_mod
 
 
 def _preset(name: str, **kw):
-    """``WanConfig.<name>()`` or module-level ``fademem.model.<name>()``."""
+    """``WanConfig.<name>()`` or module-level ``fademem.wan.model.<name>()``."""
     mod = _model_module()
     fn = getattr(mod.WanConfig, name, None) or getattr(mod, name, None)
     if fn is None:
-        raise AttributeError(f"fademem.model has no preset {name!r}")
+        raise AttributeError(f"fademem.wan.model has no preset {name!r}")
     return fn(**kw)
 
 
@@ -370,7 +369,7 @@ def load_generator(
     use_ema: bool | None = None,
     lora_alpha: float | None = None,
 ) -> nn.Module:
-    """Build a :class:`~fademem.model.CausalWanModel` from any supported checkpoint.
+    """Build a :class:`~fademem.wan.model.CausalWanModel` from any supported checkpoint.
 
     ``config``: a ``WanConfig``; ``None`` infers it (see :func:`infer_config`; a ``config.json``
     next to the weights supplies heads and the rest). ``lora``: one adapter file or several,

@@ -2,7 +2,7 @@
 
 The video is generated in chunks of ``frames_per_chunk`` (3) latent frames. For each chunk:
 
-1. four denoising forwards at the warped timesteps (``fademem.sampling``); the memory is only
+1. four denoising forwards at the warped timesteps (``fademem.wan.sampling``); the memory is only
    read. After each forward ``x0 = x_t - sigma * v``; before the next one the prediction is
    re-noised with fresh noise, ``x = (1 - sigma_next) * x0 + sigma_next * noise``;
 2. one forward of the finished (clean) chunk at ``t = context_noise`` (0 by default) with
@@ -40,7 +40,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from .sampling import DEFAULT_SHIFT, DEFAULT_STEPS, FlowSchedule
+from fademem.wan.sampling import DEFAULT_SHIFT, DEFAULT_STEPS, FlowSchedule
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class VideoPipeline:
                    SMs, and ``fademem bench speed`` measures whether it pays on a given GPU.
                    Off CUDA the decode runs in place (same order of yields, for tests).
     cuda_graph:    replay the denoising forwards from a CUDA graph once a bounded memory is full
-                   (``fademem.cuda_graph.GraphedDenoiser``; query-aware policies stay eager).
+                   (``fademem.pipeline.cuda_graph.GraphedDenoiser``; query-aware policies stay eager).
                    Off CUDA the same static-buffer path runs without a graph.
     """
 
@@ -275,7 +275,7 @@ class VideoPipeline:
         self.overlap_decode = bool(overlap_decode)
         self.graphed = None
         if cuda_graph:
-            from .cuda_graph import GraphedDenoiser
+            from fademem.pipeline.cuda_graph import GraphedDenoiser
 
             self.graphed = GraphedDenoiser(model)
         self.memory = None  # the MemoryStack of the last generate() call
@@ -291,7 +291,7 @@ class VideoPipeline:
         return p.device, p.dtype
 
     def _build_memory(self, memory):
-        from .memory import MemoryStack
+        from fademem.memory import MemoryStack
 
         if isinstance(memory, MemoryStack):
             if len(memory) != _num_layers(self.model):
@@ -517,7 +517,7 @@ class VideoPipeline:
         ``<stem>_<i><suffix>``. Returns the list of paths written (and the clean latents
         [B, C, F, h, w] on the CPU when ``return_latents``).
         """
-        from .video_io import VideoWriter
+        from fademem.pipeline.video_io import VideoWriter
 
         if self.decoder is None:
             raise ValueError("generate_video needs a decoder")
@@ -552,51 +552,6 @@ def _out_paths(out, batch: int) -> list[str]:
     if len(paths) != batch:
         raise ValueError(f"got {len(paths)} output paths for a batch of {batch}")
     return paths
-
-
-# -- assembling the Wan2.1 stack -------------------------------------------------------------------
-def load_wan_pipeline(checkpoint, wan_dir, *, lora=(), config=None, device: str | torch.device = "cpu",
-                      dtype: torch.dtype = torch.float32, **pipeline_kw) -> VideoPipeline:
-    """A pipeline over a causal Wan checkpoint (any layout ``fademem.checkpoints`` reads, plus
-    LoRA files merged in order), the UMT5 text encoder and the Wan VAE of a Wan2.1 Diffusers
-    directory (``<wan_dir>/text_encoder``, ``<wan_dir>/tokenizer``, ``<wan_dir>/vae``).
-
-    Raises FileNotFoundError for missing files and ValueError (``CheckpointError`` included) for
-    parts that do not fit together.
-    """
-    from pathlib import Path
-
-    from .checkpoints import load_generator
-    from .text import UMT5TextEncoder
-    from .vae import WanVAEDecoder
-
-    ckpt = Path(checkpoint)
-    if not ckpt.exists():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    loras = [lora] if isinstance(lora, (str, os.PathLike)) else list(lora or ())
-    for p in loras:
-        if not Path(p).exists():
-            raise FileNotFoundError(f"LoRA file not found: {p}")
-    wan = Path(wan_dir)
-    if not wan.is_dir():
-        raise FileNotFoundError(f"--wan-dir is not a directory: {wan} (expected the Wan2.1 Diffusers "
-                                "layout with text_encoder/, tokenizer/ and vae/)")
-    missing = [sub for sub in ("text_encoder", "tokenizer", "vae") if not (wan / sub).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"{wan} lacks {', '.join(s + '/' for s in missing)} (expected the Wan2.1 "
-                                "Diffusers layout, e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
-    model = load_generator(ckpt, lora=loras or None, config=config, device=device, dtype=dtype)
-    cfg = getattr(model, "config", None)
-    text_len = int(getattr(cfg, "text_len", 512))
-    text = UMT5TextEncoder.from_pretrained(wan, device=device, dtype=dtype, max_length=text_len)
-    if cfg is not None and text.text_dim != cfg.text_dim:
-        raise ValueError(f"incompatible parts: the checkpoint expects text states of width {cfg.text_dim}, "
-                         f"the text encoder in {wan} gives {text.text_dim}")
-    vae = WanVAEDecoder.from_pretrained(wan, device=device, dtype=dtype)
-    if cfg is not None and not (cfg.in_dim == cfg.out_dim == vae.z_dim):
-        raise ValueError(f"incompatible parts: the checkpoint works on {cfg.in_dim}-channel latents "
-                         f"(out {cfg.out_dim}), the VAE in {wan} on {vae.z_dim}")
-    return VideoPipeline(model, text, vae, **pipeline_kw)
 
 
 def parse_switch(spec: str, fps: float = 16, temporal_stride: int = 4) -> tuple[int, str]:

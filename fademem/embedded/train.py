@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
-from . import embedded
-from .sampling import FlowSchedule
+from fademem import embedded
+from fademem.wan.sampling import FlowSchedule
 
 CHUNK = 3
 
@@ -70,7 +70,7 @@ class TrainConfig:
 
 # -- context rules ----------------------------------------------------------------------------------
 def _fademem_frames(start: int, rng: np.random.Generator, max_context: int) -> tuple[list[int], list[float]]:
-    from .schedule import simulate
+    from fademem.analysis.schedule import simulate
 
     budget = int(rng.integers(4, max_context + 1))
     beta = float(rng.choice([0.3, 0.5, 0.7, 1.0]))
@@ -112,7 +112,7 @@ def context_rule(start: int, rng: np.random.Generator, cfg: TrainConfig) -> tupl
 
 def random_world(rng: np.random.Generator, size: int, fps: int, text_len: int):
     """(World, its prompt's token ids [text_len]) for a random prompt of the grammar."""
-    from .world import World, sample_prompt, tokenize
+    from fademem.embedded.world import World, sample_prompt, tokenize
 
     prompt = sample_prompt(rng)
     ids = np.zeros(text_len, np.int64)

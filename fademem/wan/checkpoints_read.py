@@ -1,7 +1,7 @@
 """Reading checkpoint files: which layout a path holds, and its state dict with original Wan names.
 
 The layouts, the wrapper prefixes removed and the ``use_ema`` choice are described in
-:mod:`fademem.checkpoints`, which re-exports the public names of this module.
+:mod:`fademem.wan.checkpoints`, which re-exports the public names of this module.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-log = logging.getLogger("fademem.checkpoints")  # one logger for the checkpoint modules, as before the split
+log = logging.getLogger("fademem.wan.checkpoints")  # one logger for the checkpoint modules, as before the split
 
 LAYOUTS = ("wan-original", "wan-diffusers", "self-forcing", "causvid", "longlive", "raw-state-dict", "lora")
 
@@ -43,7 +43,7 @@ class CheckpointError(ValueError):
 # small helpers
 # --------------------------------------------------------------------------------------------
 def _names_module():
-    from fademem import checkpoints_names
+    from fademem.wan import checkpoints_names
 
     return checkpoints_names
 
@@ -143,7 +143,7 @@ def _torch_load(path: Path):
             f"{path}: this torch file holds objects other than tensors and plain containers, so it cannot be "
             f"loaded with weights_only=True ({str(e).splitlines()[0]}). If you trust the file, load it yourself "
             f"with torch.load(..., weights_only=False) and re-save its state dict with torch.save(state_dict) or "
-            f"fademem.checkpoints.save_generator."
+            f"fademem.wan.checkpoints.save_generator."
         ) from e
     except (RuntimeError, zipfile.BadZipFile, EOFError, OSError) as e:
         raise CheckpointError(f"{path}: unreadable torch checkpoint ({type(e).__name__}: {e})") from e
@@ -374,7 +374,7 @@ def _load(path: PathLike, use_ema: bool | None, dtype: torch.dtype | None = None
     if src.layout == "lora":
         raise CheckpointError(
             f"{src.path}: this is a LoRA adapter, not generator weights; load the base generator and pass this "
-            f"file as lora= (or call fademem.checkpoints.load_lora)"
+            f"file as lora= (or call fademem.wan.checkpoints.load_lora)"
         )
     if src.files:
         raw = _read_safetensors(src.files, dtype)

@@ -1,0 +1,10 @@
+"""The chunk loop and everything around it: sampling with a memory, prompt switches and recache,
+streaming/overlapped decode, CUDA graphs, video files, and assembling a pipeline for a generator."""
+
+from fademem.pipeline.build import embedded_pipeline, generator_for_memory, load_wan_pipeline
+from fademem.pipeline.sampler import (Chunk, Decoder, NonFiniteError, TextEncoder, VideoPipeline, initial_noise,
+                                      latent_frames_for_seconds, parse_switch, plan_switches)
+
+__all__ = ["Chunk", "Decoder", "NonFiniteError", "TextEncoder", "VideoPipeline", "embedded_pipeline",
+           "generator_for_memory", "initial_noise", "latent_frames_for_seconds", "load_wan_pipeline",
+           "parse_switch", "plan_switches"]

@@ -1,0 +1,80 @@
+"""Assembling a pipeline: the real Wan2.1 stack from files, the embedded model from the package,
+and the generator a memory policy asks for (``Memory.generator_adapter``)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from fademem.pipeline.sampler import VideoPipeline
+
+
+def load_wan_pipeline(checkpoint, wan_dir, *, lora=(), config=None, device: str | torch.device = "cpu",
+                      dtype: torch.dtype = torch.float32, **pipeline_kw) -> VideoPipeline:
+    """A pipeline over a causal Wan checkpoint (any layout ``fademem.wan.checkpoints`` reads, plus
+    LoRA files merged in order), the UMT5 text encoder and the Wan VAE of a Wan2.1 Diffusers
+    directory (``<wan_dir>/text_encoder``, ``<wan_dir>/tokenizer``, ``<wan_dir>/vae``).
+
+    Raises FileNotFoundError for missing files and ValueError (``CheckpointError`` included) for
+    parts that do not fit together.
+    """
+    from pathlib import Path
+
+    from fademem.wan.checkpoints import load_generator
+    from fademem.wan.text import UMT5TextEncoder
+    from fademem.wan.vae import WanVAEDecoder
+
+    ckpt = Path(checkpoint)
+    if not ckpt.exists():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    loras = [lora] if isinstance(lora, (str, os.PathLike)) else list(lora or ())
+    for p in loras:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"LoRA file not found: {p}")
+    wan = Path(wan_dir)
+    if not wan.is_dir():
+        raise FileNotFoundError(f"--wan-dir is not a directory: {wan} (expected the Wan2.1 Diffusers "
+                                "layout with text_encoder/, tokenizer/ and vae/)")
+    missing = [sub for sub in ("text_encoder", "tokenizer", "vae") if not (wan / sub).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{wan} lacks {', '.join(s + '/' for s in missing)} (expected the Wan2.1 "
+                                "Diffusers layout, e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
+    model = load_generator(ckpt, lora=loras or None, config=config, device=device, dtype=dtype)
+    cfg = getattr(model, "config", None)
+    text_len = int(getattr(cfg, "text_len", 512))
+    text = UMT5TextEncoder.from_pretrained(wan, device=device, dtype=dtype, max_length=text_len)
+    if cfg is not None and text.text_dim != cfg.text_dim:
+        raise ValueError(f"incompatible parts: the checkpoint expects text states of width {cfg.text_dim}, "
+                         f"the text encoder in {wan} gives {text.text_dim}")
+    vae = WanVAEDecoder.from_pretrained(wan, device=device, dtype=dtype)
+    if cfg is not None and not (cfg.in_dim == cfg.out_dim == vae.z_dim):
+        raise ValueError(f"incompatible parts: the checkpoint works on {cfg.in_dim}-channel latents "
+                         f"(out {cfg.out_dim}), the VAE in {wan} on {vae.z_dim}")
+    return VideoPipeline(model, text, vae, **pipeline_kw)
+
+
+
+
+def embedded_pipeline(bundle=None, device="cpu", dtype=torch.float32, **kwargs) -> VideoPipeline:
+    """A ``VideoPipeline`` over the embedded model (shipped weights unless a bundle is given)."""
+    from fademem.embedded import load
+
+    bundle = bundle or load(device=device, dtype=dtype)
+    return VideoPipeline(bundle.model, bundle.text, bundle.codec, **kwargs)
+
+
+def generator_for_memory(model, memory):
+    """The generator to run with ``memory`` (a spec or a built memory): ``model`` itself, or a copy
+    with the changes the policy declares through ``Memory.generator_adapter()`` (e.g. a LoRA
+    trained to read that memory) merged in. No policy is named here."""
+    import copy
+
+    from fademem.memory import build_memory
+    from fademem.wan.lora import merge_lora_pairs
+
+    mem = build_memory(memory) if isinstance(memory, str) else memory
+    adapter = mem.generator_adapter()
+    if adapter is None:
+        return model
+    return merge_lora_pairs(copy.deepcopy(model), adapter.lora, {"lora_alpha": adapter.alpha}, source=adapter.source)
