@@ -5,8 +5,10 @@ The official model code is NOT part of this repository. It is read from a git-ig
 ``.ref/`` at the repository root, made on a machine with the mirrors (see benchmarks/RUN_GPU.md)::
 
     mkdir -p .ref/longlive .ref/fademem
-    git -C /work/.mirror/NVlabs+LongLive/repo archive v1.0 wan utils/memory.py utils/debug_option.py | tar -x -C .ref/longlive
-    git -C /work/.mirror/aniki-ly+FadeMem/repo archive HEAD wan utils/memory.py utils/debug_option.py | tar -x -C .ref/fademem
+    git -C /work/.mirror/NVlabs+LongLive/repo archive v1.0 wan utils/memory.py utils/debug_option.py |
+        tar -x -C .ref/longlive
+    git -C /work/.mirror/aniki-ly+FadeMem/repo archive HEAD wan utils/memory.py utils/debug_option.py |
+        tar -x -C .ref/fademem
 
 How their code is loaded (nothing in .ref is edited):
 * Their ``wan/__init__.py`` and ``wan/modules/__init__.py`` import the T5 encoder, tokenizers
@@ -50,7 +52,6 @@ import gc
 import importlib
 import json
 import os
-import statistics
 import sys
 import time
 import types
@@ -113,7 +114,8 @@ def import_official(kind: str, ref: Path) -> types.ModuleType:
             mod = importlib.import_module(MODULES[kind])
         attn = sys.modules["wan.modules.attention"]
         model_mod = sys.modules["wan.modules.model"]
-        mod._fademem_bench_info = {"flash_attn_2": attn.FLASH_ATTN_2_AVAILABLE, "flash_attn_3": attn.FLASH_ATTN_3_AVAILABLE,
+        mod._fademem_bench_info = {"flash_attn_2": attn.FLASH_ATTN_2_AVAILABLE,
+                                   "flash_attn_3": attn.FLASH_ATTN_3_AVAILABLE,
                                    "cross_attention_routed_to_sdpa": False, "log_global_injected": False}
         if not (attn.FLASH_ATTN_2_AVAILABLE or attn.FLASH_ATTN_3_AVAILABLE):
             def flash_attention_via_sdpa(q, k, v, q_lens=None, k_lens=None, dropout_p=0., softmax_scale=None,
@@ -220,7 +222,8 @@ def run_official(model, label: str, cfg, setup: sp.SpeedSetup, num_frames: int, 
                     _, x0 = official_forward(model, noisy, timestep, prompt_embeds, kv, cross, start, tpf)
                     if i + 1 < len(steps):
                         s = float(steps[i + 1]) / 1000.0
-                        noisy = ((1 - s) * x0.flatten(0, 1) + s * torch.randn_like(x0.flatten(0, 1))).unflatten(0, x0.shape[:2])
+                        noisy = ((1 - s) * x0.flatten(0, 1)
+                                 + s * torch.randn_like(x0.flatten(0, 1))).unflatten(0, x0.shape[:2])
                 official_forward(model, x0, torch.zeros_like(timestep), prompt_embeds, kv, cross, start, tpf)
             except Exception as exc:  # noqa: BLE001
                 error = f"{type(exc).__name__}: {exc}"[:400]
@@ -415,7 +418,8 @@ def targets(results: dict) -> dict:
 
 
 def format_table(report: dict) -> str:
-    rows = [f"{'system':45s} {'ms/chunk':>9s} {'p90':>7s} {'vid fps':>8s} {'TFLOP/s':>8s} {'work GiB':>9s} {'visible':>7s}"]
+    rows = [f"{'system':45s} {'ms/chunk':>9s} {'p90':>7s} {'vid fps':>8s} {'TFLOP/s':>8s} "
+            f"{'work GiB':>9s} {'visible':>7s}"]
     for r in report["runs"]:
         s = r.get("summary") or {}
         if not s:

@@ -133,7 +133,8 @@ def binned_by_lag(errors, lags, bins, confidence: float = 0.95, method: str = "t
     edges = np.asarray(bins, np.float64)
     if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
         raise ValueError("bins must be increasing edges, at least two")
-    err_eps = [np.asarray(e, np.float64).ravel() for e in (errors if isinstance(errors, list) else np.atleast_2d(errors))]
+    err_eps = [np.asarray(e, np.float64).ravel()
+               for e in (errors if isinstance(errors, list) else np.atleast_2d(errors))]
     if isinstance(lags, list) and len(lags) and np.ndim(lags[0]) == 1:  # ragged: one array per episode
         lag_eps = [np.asarray(x).ravel() for x in lags]
     elif np.ndim(lags) == 1:  # shared by all episodes

@@ -17,7 +17,8 @@ from fademem.embedded import EmbeddedConfig
 from fademem.memory import build_memory
 from fademem.pipeline import VideoPipeline
 
-PROMPT = "a large red circle standing still over a dotted green background, camera pans right and returns after 2 seconds"
+PROMPT = ("a large red circle standing still over a dotted green background, "
+          "camera pans right and returns after 2 seconds")
 
 
 @pytest.fixture(scope="module")

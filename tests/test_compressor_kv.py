@@ -10,8 +10,6 @@ import math
 import zlib
 
 import pytest
-
-from fademem.pipeline import generator_for_memory
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,8 +18,8 @@ from fademem.compressor import kv as KV
 from fademem.compressor import train as CT
 from fademem.memory import ChunkQuery, MemoryStack, build_memory
 from fademem.memory import compressor as MC
+from fademem.pipeline import VideoPipeline, generator_for_memory
 from fademem.wan.model import CausalWanModel, WanConfig
-from fademem.pipeline import VideoPipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -333,5 +331,6 @@ def test_train_compressor_cli_smoke(tmp_path):
     assert res.exit_code == 0, res.output
     f = KV.load(out)
     assert f.lora and f.retrieval is not None and "retrieval_after_finetune" in f.info
-    res = CliRunner().invoke(main, ["train-compressor", "--out", str(out), "--device", "cpu", "--pretrain-seconds", "0"])
+    res = CliRunner().invoke(main, ["train-compressor", "--out", str(out), "--device", "cpu",
+                                    "--pretrain-seconds", "0"])
     assert res.exit_code != 0 and "nothing to fine-tune" in res.output

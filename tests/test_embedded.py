@@ -8,11 +8,11 @@ import torch
 from click.testing import CliRunner
 
 from fademem import embedded
-from fademem.pipeline import embedded_pipeline
 from fademem.cli import main
-from fademem.wan.model import CausalWanModel, WanConfig
 from fademem.embedded.train import CHUNK, TrainConfig, context_rule, degrade, frame_mask, train
+from fademem.pipeline import embedded_pipeline
 from fademem.pipeline.video_io import read_video_info
+from fademem.wan.model import CausalWanModel, WanConfig
 
 PROMPT = ("a large red circle bouncing over a striped blue background , "
           "camera pans right and returns after 4 seconds")

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from fademem.memory import ChunkQuery, MemoryStack, build_memory
-from fademem.wan.model import CausalWanModel, WanConfig, attention, block_causal_mask, sink_window_mask
 from fademem.rope import WanRoPE, apply_rotary
+from fademem.wan.model import CausalWanModel, WanConfig, attention, block_causal_mask, sink_window_mask
 
 CFG = WanConfig.tiny()
 H = W = 8

@@ -25,14 +25,15 @@ import torch
 
 from fademem import embedded
 from fademem.memory import REGISTRY
-from fademem.wan.model import CausalWanModel, WanConfig
 from fademem.pipeline import VideoPipeline, generator_for_memory
+from fademem.wan.model import CausalWanModel, WanConfig
 
 GOLDEN = Path(__file__).parent / "golden" / "outputs.json"
 RECORD = os.environ.get("FADEMEM_RECORD_GOLDEN") == "1"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-EMBEDDED_PROMPT = "a large red circle bouncing over a striped blue background , camera pans right and returns after 4 seconds"
+EMBEDDED_PROMPT = ("a large red circle bouncing over a striped blue background , "
+                   "camera pans right and returns after 4 seconds")
 EMBEDDED_SWITCH = "a small green square drifting left over a dotted yellow background , camera is static"
 # Budgets small enough that every policy evicts, merges or compresses within 6 chunks.
 EMBEDDED_SPECS = {

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import stats
 
-from fademem.metrics import binned_by_lag, mean_ci, psnr, ssim
 from fademem.embedded.world import render
+from fademem.metrics import binned_by_lag, mean_ci, psnr, ssim
 
 RNG = np.random.default_rng(0)
 

@@ -7,10 +7,17 @@ import math
 import pytest
 import torch
 
-from fademem.wan.checkpoints_names import diffusers_to_original, original_to_diffusers
 from fademem.memory import MemoryStack
-from fademem.wan.model import (CausalWanModel, TextContext, WanConfig, block_causal_mask, flex_block_causal_mask,
-                           sinusoidal_embedding, sink_window_mask)
+from fademem.wan.checkpoints_names import diffusers_to_original, original_to_diffusers
+from fademem.wan.model import (
+    CausalWanModel,
+    TextContext,
+    WanConfig,
+    block_causal_mask,
+    flex_block_causal_mask,
+    sink_window_mask,
+    sinusoidal_embedding,
+)
 
 CFG = WanConfig.tiny()
 H = W = 8  # latent size -> 4x4 = 16 tokens per frame
@@ -85,7 +92,8 @@ def test_name_conversion_matches_diffusers_converter(model):
     assert back.keys() == sd.keys() and all(back[k] is sd[k] for k in sd)
     with pytest.raises(ValueError, match="img_emb"):
         original_to_diffusers({**sd, "img_emb.proj.0.weight": torch.zeros(1)})
-    assert "img_emb.proj.0.weight" in original_to_diffusers({**sd, "img_emb.proj.0.weight": torch.zeros(1)}, strict=False)
+    assert "img_emb.proj.0.weight" in original_to_diffusers({**sd, "img_emb.proj.0.weight": torch.zeros(1)},
+                                                            strict=False)
 
 
 def test_sinusoid_matches_diffusers():

@@ -16,8 +16,8 @@ import torch
 
 from fademem.memory import ChunkQuery, build_memory
 from fademem.memory.host_store import HostFrames
-from fademem.wan.model import attention
 from fademem.rope import WanRoPE
+from fademem.wan.model import attention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

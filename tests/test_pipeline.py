@@ -14,9 +14,16 @@ import pytest
 import torch
 from torch import nn
 
+from fademem.pipeline import (
+    Chunk,
+    NonFiniteError,
+    VideoPipeline,
+    initial_noise,
+    latent_frames_for_seconds,
+    parse_switch,
+    plan_switches,
+)
 from fademem.wan.model import CausalWanModel, WanConfig
-from fademem.pipeline import (Chunk, NonFiniteError, VideoPipeline, initial_noise, latent_frames_for_seconds,
-                              parse_switch, plan_switches)
 from fademem.wan.sampling import FlowSchedule, shift_sigma, warp_timesteps
 
 SHAPE = (16, 4, 6)  # latent (C, h, w): 2x3 tokens per frame
@@ -146,7 +153,7 @@ def test_seconds_to_latent_frames():
 
 
 def test_plan_and_parse_switches(caplog):
-    with caplog.at_level(logging.WARNING, logger="fademem.pipeline.sampler"):
+    with caplog.at_level(logging.WARNING, logger="fademem.pipeline.switches"):
         plan = plan_switches([(3, "dog"), (7, ["b0", "b1"])], 12, 3, batch=2)
     assert plan == [(3, ["dog", "dog"]), (9, ["b0", "b1"])]
     assert "moved to the chunk boundary 9" in caplog.text
@@ -295,9 +302,9 @@ def test_generate_cli_end_to_end(tmp_path):
     from click.testing import CliRunner
     from test_vae_text import TEXT_DIM, Z_DIM, make_wan_dir
 
-    from fademem.wan.checkpoints import save_generator
     from fademem.cli import main
     from fademem.pipeline.video_io import iter_video_frames, read_video_info
+    from fademem.wan.checkpoints import save_generator
 
     wan = make_wan_dir(tmp_path / "wan")
     torch.manual_seed(0)

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fademem.memory import ChunkQuery, MemoryStack, build_memory
-from fademem.wan.model import attention
 from fademem.rope import WanRoPE
+from fademem.wan.model import attention
 
 B, H, D = 2, 2, 16
 F = 3
@@ -178,7 +178,8 @@ def test_omnimem_with_all_blocks_equals_full_attention(spec):
 
 def test_omnimem_offload_keeps_history_on_host():
     tok = 8
-    dev, host = make("omnimem:grid=2x4,block_h=1,block_w=2", tok), make("omnimem:grid=2x4,block_h=1,block_w=2,offload=true,index_segments=2", tok)
+    dev = make("omnimem:grid=2x4,block_h=1,block_w=2", tok)
+    host = make("omnimem:grid=2x4,block_h=1,block_w=2,offload=true,index_segments=2", tok)
     g = torch.Generator().manual_seed(0)
     for c in range(6):
         k, v = rand(F * tok, g), rand(F * tok, g)
@@ -333,7 +334,8 @@ class ToyText:
         return torch.randn(len(prompts), 8, 32, generator=g)
 
 
-@pytest.mark.parametrize("spec", ["deepforcing:cache=6,budget=5,sink=2,recent=2", "deepforcing:mode=sink-only,cache=5,sink=3",
+@pytest.mark.parametrize("spec", ["deepforcing:cache=6,budget=5,sink=2,recent=2",
+                                  "deepforcing:mode=sink-only,cache=5,sink=3",
                                   "omnimem:grid=2x3,block_h=1,block_w=3,topk=2",
                                   "memflow:bank=2,every=1"])
 def test_runs_inside_the_tiny_model(tiny_model, spec):

@@ -7,9 +7,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from fademem.analysis.schedule import simulate
 from fademem.cli import main
 from fademem.memory import build_memory
-from fademem.analysis.schedule import simulate
 
 
 def invoke(*args):

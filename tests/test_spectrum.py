@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fademem.pipeline import video_io
 from fademem.analysis.spectrum import (
     BandLayout,
     LagAccumulator,
@@ -24,6 +23,7 @@ from fademem.analysis.spectrum import (
     suggest_beta,
 )
 from fademem.cli import main
+from fademem.pipeline import video_io
 
 try:
     from tests.data_clips import require_clip

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fademem.pipeline.cuda_graph import GraphedDenoiser
 from fademem.memory import MemoryStack
-from fademem.wan.model import CausalWanModel, WanConfig
 from fademem.pipeline import VideoPipeline, initial_noise
+from fademem.pipeline.cuda_graph import GraphedDenoiser
+from fademem.wan.model import CausalWanModel, WanConfig
 
 SHAPE = (16, 4, 6)  # latent (C, h, w): 2x3 tokens per frame
 

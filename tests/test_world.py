@@ -5,9 +5,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fademem.embedded.world import (BENCHMARK_SCENES, GRAMMAR, MAX_PROMPT_WORDS, PAD_ID, SHAPES, VOCABULARY, ObjectSpec,
-                           World, detokenize, frame_at, home_return_frames, iter_frames, last_seen, parse_prompt,
-                           render, revisit_scene, sample_prompt, sample_scene, tokenize)
+from fademem.embedded.world import (
+    BENCHMARK_SCENES,
+    GRAMMAR,
+    MAX_PROMPT_WORDS,
+    PAD_ID,
+    SHAPES,
+    VOCABULARY,
+    ObjectSpec,
+    World,
+    detokenize,
+    frame_at,
+    home_return_frames,
+    iter_frames,
+    last_seen,
+    parse_prompt,
+    render,
+    revisit_scene,
+    sample_prompt,
+    sample_scene,
+    tokenize,
+)
 
 PAN = "a large red circle standing still over a dotted green background, camera pans right and returns after {} seconds"
 

@@ -1,7 +1,8 @@
-"""``fademem schedule``: FadeMem's memory layout without tensors.
+"""``fademem schedule``: FadeMem's memory layout without tensors, as a table or a plot.
 
-Runs the very :class:`~fademem.memory.fademem_schedule.Schedule` the ``fademem`` policy runs (built
-by the policy itself, so knob validation and preset defaults are shared), frame by frame, and
+:func:`simulate` (in the memory layer, :mod:`fademem.memory.fademem`, re-exported here) runs the
+very :class:`~fademem.memory.fademem_schedule.Schedule` the ``fademem`` policy runs (built by the
+policy itself, so knob validation and preset defaults are shared), frame by frame; this module
 reports the final memory or plots its layout over time. Frames are 0-based latent-frame indices:
 ``mu`` is a frame index (the paper's unit t is frame t - 1). With ``preset=release`` frames arrive
 in chunks of ``chunk`` frames and are measured from the next chunk's first frame, as the policy's
@@ -10,45 +11,10 @@ in chunks of ``chunk`` frames and are measured from the next chunk's first frame
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from fademem.memory.base import Entry
-from fademem.memory.fademem import FadeMemMemory
+from fademem.memory.fademem import ScheduleRun, simulate
 from fademem.memory.fademem_schedule import Meta
 
-
-@dataclass
-class ScheduleRun:
-    memory: FadeMemMemory  # metadata only: its SlotStore is never allocated
-    history: list[list[Meta]]  # the entries after each frame (when recorded)
-
-    def entries(self) -> list[Entry]:
-        return self.memory.entries()
-
-    def as_json(self) -> list[dict]:
-        return [{"mu": float(e.mu), "span": int(e.span)} for e in self.memory.schedule.entries]
-
-
-def simulate(budget: int = 12, beta: float = 0.3, steps: int = 240, *, anchor: bool = True,
-             preset: str = "paper", merge: str = "weighted", span_gamma: float | None = None,
-             positions: str | None = None, chunk: int = 3, record: bool = False) -> ScheduleRun:
-    """Insert ``steps`` frames (in chunks of ``chunk``) into a metadata-only FadeMem memory."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
-        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
-    mem = FadeMemMemory(budget=budget, beta=beta, anchor=anchor, merge=merge, preset=preset,
-                        positions=positions, span_gamma=span_gamma)
-    sched = mem.schedule
-    history: list[list[Meta]] = []
-    for start in range(0, steps, chunk):
-        end = min(start + chunk, steps)
-        for f in range(start, end):
-            sched.add(f, end)
-            mem.frames_seen = f + 1
-            if record:
-                history.append([Meta(**vars(e)) for e in sched.entries])
-    return ScheduleRun(mem, history)
+__all__ = ["ScheduleRun", "format_table", "plot_layout", "simulate"]  # ScheduleRun, simulate: fademem.memory.fademem
 
 
 def format_table(run: ScheduleRun) -> str:

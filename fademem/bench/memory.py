@@ -22,22 +22,23 @@ view, or new). Statistics are over episodes (frames of one episode are correlate
 intervals (``metrics.mean_ci``), plus per-episode paired differences against ``full``.
 
 Equal budgets. A bare policy name gets ``budget`` history frames (the current chunk is not
-counted): ``window:budget=B``, ``sink:budget=B,sink=3``, ``fademem:budget=B``,
-``memrope:recent=B-5`` (its layout is sink 3 + long EMA 1 + short EMA 1 + recent, so recent=7
-gives 12 slots; the default recent=4 gives 9), ``full`` unbounded (the reference); any other bare
-name with a ``budget`` knob gets ``name:budget=B`` (plus ``cache=B`` if it has that knob, and
-``sink=3`` if it needs it to validate, e.g. deepforcing), otherwise its defaults (e.g. memflow,
-omnimem). Specs with knobs are taken as given. The history each policy actually showed the model
-is measured (the largest ``view()`` of layer 0 over the run, in frames of tokens) and reported
-next to the request; the table flags policies that are not at the budget.
+counted), as the policy itself says (``Memory.at_budget``): e.g. ``window:budget=B``,
+``sink:budget=B,sink=3``, ``fademem:budget=B``, ``memrope:recent=B-5`` (its layout is sink 3 +
+long EMA 1 + short EMA 1 + recent, so recent=7 gives 12 slots; the default recent=4 gives 9),
+``full`` unbounded (the reference); by default a policy with a ``budget`` knob gets
+``name:budget=B`` (plus ``cache=B`` if it has that knob, and ``sink=3`` if it needs it to
+validate, e.g. deepforcing), otherwise its defaults (e.g. memflow, omnimem). Specs with knobs
+are taken as given. The history each policy actually showed the model is measured (the largest
+``view()`` of layer 0 over the run, in frames of tokens) and reported next to the request; the
+table flags policies that are not at the budget.
+
+Scores and statistics: ``bench.memory_stats``; the JSON, plot and table: ``bench.memory_report``
+(both re-exported here).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,11 +47,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from fademem.bench.memory_report import bin_labels, format_table, plot, write_json
+from fademem.bench.memory_stats import LAG_EDGES, PSNR_CAP_DB, frame_metrics, lag_table, paired, summarise
+
+# Scores and statistics, and the report's outputs, are in their own modules; re-exported here.
+from fademem.memory import parse_spec
+
+__all__ = ["DEFAULT_POLICIES", "FRAMES_PER_CHUNK", "LAG_EDGES", "PSNR_CAP_DB", "Episode", "MemoryRun", "bin_labels",
+           "budget_spec", "format_table", "frame_metrics", "lag_table", "make_episodes", "paired", "parse_policies",
+           "plot", "run_memory", "summarise", "validate", "watched_stack", "write_json"]
+
 DEFAULT_POLICIES = ("full", "window", "sink", "memrope", "fademem")
-LAG_EDGES = (0, 1, 8, 16, 32, 64, 128, 256, math.inf)  # latent (= video) frames
-PSNR_CAP_DB = 100.0
 FRAMES_PER_CHUNK = 3
-MEMROPE_FIXED = 5  # memrope's non-recent slots at the default sink=3: sink 3 + long EMA 1 + short EMA 1
 
 
 # -------------------------------------------------------------------------------------------
@@ -58,56 +66,16 @@ MEMROPE_FIXED = 5  # memrope's non-recent slots at the default sink=3: sink 3 + 
 # -------------------------------------------------------------------------------------------
 def budget_spec(policy: str, budget: int) -> tuple[str, str | None]:
     """(spec, note): the spec a policy runs with at ``budget`` history frames, and a note when it is
-    not budget-matched or how the match was made. Raises ValueError for unknown policies/knobs."""
+    not budget-matched or how the match was made (the policy's ``Memory.at_budget``). Specs with
+    knobs are taken as given. Raises ValueError for unknown policies/knobs."""
     from fademem.memory import build_memory, parse_spec
 
     policy = policy.strip()
     cls, _ = parse_spec(policy)  # unknown policy or knob -> ValueError naming it
-    name = cls.name
     if ":" in policy:
         build_memory(policy)
         return policy, "given spec (taken as is)"
-    if name == "full":
-        return "full", "unbounded reference (every past frame)"
-    if name in ("window", "fademem"):
-        spec = f"{name}:budget={budget}"
-    elif name == "sink":
-        spec = f"sink:budget={budget},sink={min(3, budget - 1)}"
-    elif name == "memrope":
-        if budget < MEMROPE_FIXED:
-            raise ValueError(f"memrope needs budget >= {MEMROPE_FIXED} (sink 3 + 2 EMA slots), got {budget}")
-        spec = f"memrope:recent={budget - MEMROPE_FIXED}"
-        build_memory(spec)
-        return spec, (f"fixed layout sink 3 + long EMA 1 + short EMA 1 + recent {budget - MEMROPE_FIXED} "
-                      f"= {budget} history slots (default recent=4 gives 9)")
-    elif name == "compressor":  # equal visible tokens: raw window (+ up to t-1 waiting) + compressed groups
-        t, fh, fw = build_memory("compressor").factors
-        window = max(1, budget // 3)
-        groups = (budget - window - (t - 1)) * fh * fw
-        if groups < 1:
-            raise ValueError(f"compressor needs budget > {window + t - 1} frames at rate {t}x{fh}x{fw}, got {budget}")
-        spec = f"compressor:window={window},budget={groups}"
-        build_memory(spec)
-        return spec, (f"window {window} raw frames (+ up to {t - 1} waiting for a group) + {groups} groups of "
-                      f"1/{fh * fw} frame of tokens each = at most {budget} frames of tokens")
-    elif "budget" in {f.name for f in dataclasses.fields(cls)}:  # e.g. policies registered later
-        knobs = {f.name for f in dataclasses.fields(cls)}
-        base = f"{name}:budget={budget}" + (f",cache={budget}" if "cache" in knobs else "")  # deepforcing
-        tries = [base] + ([f"{base},sink={min(3, budget - 1)}"] if "sink" in knobs else [])
-        last = None
-        for spec in tries:
-            try:
-                build_memory(spec)
-                return spec, "budget knob set; check the measured visible history"
-            except ValueError as exc:
-                last = exc
-        build_memory(name)
-        return name, f"budget={budget} not accepted ({last}); run with its defaults (not budget-matched)"
-    else:
-        build_memory(name)
-        return name, "no budget knob: run with its defaults (not budget-matched)"
-    build_memory(spec)
-    return spec, None
+    return cls.at_budget(budget)
 
 
 def parse_policies(value: str | Sequence[str]) -> list[str]:
@@ -152,60 +120,6 @@ def make_episodes(n: int, seed: int = 0, scenes: Sequence[int] | None = None) ->
         else:
             s = seed + i
             out.append(Episode(i, revisit_scene(s).to_prompt(), s, s, f"revisit_scene({s})"))
-    return out
-
-
-# -------------------------------------------------------------------------------------------
-# Metrics
-# -------------------------------------------------------------------------------------------
-def frame_metrics(generated, truth, max_db: float = PSNR_CAP_DB) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame (PSNR capped at ``max_db``, SSIM) of frames [T, H, W, 3] in [0, 1]."""
-    from fademem.metrics import psnr, ssim
-
-    g = torch.as_tensor(np.asarray(generated) if not isinstance(generated, torch.Tensor) else generated)
-    t = torch.as_tensor(np.asarray(truth) if not isinstance(truth, torch.Tensor) else truth)
-    g, t = g.detach().cpu().double(), t.detach().cpu().double()
-    return psnr(g, t, max_db=max_db).numpy(), ssim(g, t).numpy()
-
-
-def _ci(values) -> list[float]:
-    from fademem.metrics import mean_ci
-
-    return list(mean_ci(values))
-
-
-def lag_table(values: list[np.ndarray], lags: list[np.ndarray], edges=LAG_EDGES) -> dict[str, list]:
-    """Per lag bin: mean over episodes of the per-episode mean, 95% CI, episode and frame counts."""
-    from fademem.metrics import binned_by_lag
-
-    b = binned_by_lag(list(values), list(lags), edges)
-    return {"mean": b.mean.tolist(), "low": b.low.tolist(), "high": b.high.tolist(),
-            "n_episodes": b.n_episodes.tolist(), "n_frames": b.n_frames.tolist()}
-
-
-def summarise(per_episode: list[dict], lags: list[np.ndarray], long_lag: int,
-              edges=LAG_EDGES) -> dict[str, Any]:
-    """Overall and long-lag means with CIs over episodes, and the lag-binned tables."""
-    out: dict[str, Any] = {}
-    for key in ("psnr", "ssim"):
-        vals = [np.asarray(ep[key], np.float64) for ep in per_episode]
-        out[key] = _ci([v.mean() for v in vals if v.size])
-        longs = [v[lg >= long_lag].mean() for v, lg in zip(vals, lags) if (lg >= long_lag).any()]
-        out[f"{key}_long"] = _ci(longs)
-        out["n_long_episodes"] = len(longs)
-        out[f"{key}_by_lag"] = lag_table(vals, lags, edges)
-    return out
-
-
-def paired(per_episode: list[dict], reference: list[dict], lags: list[np.ndarray], long_lag: int) -> dict:
-    """Per-episode differences policy - reference (same noise, same episodes): mean and 95% CI."""
-    out = {}
-    for key in ("psnr", "ssim"):
-        a = [np.asarray(e[key]) for e in per_episode]
-        b = [np.asarray(e[key]) for e in reference]
-        out[key] = _ci([x.mean() - y.mean() for x, y in zip(a, b)])
-        out[f"{key}_long"] = _ci([x[lg >= long_lag].mean() - y[lg >= long_lag].mean()
-                                  for x, y, lg in zip(a, b, lags) if (lg >= long_lag).any()])
     return out
 
 
@@ -282,11 +196,9 @@ def watched_stack(spec: str, num_layers: int):
 def run_memory(run: MemoryRun, log=print) -> dict:
     """The whole benchmark; returns the JSON-able report (see ``write_json``)."""
     from fademem import embedded
-    from fademem.pipeline import generator_for_memory
-    from fademem.pipeline import VideoPipeline, initial_noise
-    from fademem.embedded.world import World, last_seen
-
     from fademem.bench.speed import environment
+    from fademem.embedded.world import World, last_seen
+    from fademem.pipeline import VideoPipeline, generator_for_memory, initial_noise
 
     resolved = validate(run)
     episodes = make_episodes(run.episodes, run.seed, run.scenes)
@@ -336,7 +248,8 @@ def run_memory(run: MemoryRun, log=print) -> dict:
             try:
                 stack, seen = watched_stack(spec, bundle.model.config.num_layers)
                 if run_pipe is None:
-                    model = generator_for_memory(bundle.model, spec)  # what the policy declares (e.g. a LoRA), if anything
+                    # what the policy declares (e.g. a LoRA), if anything
+                    model = generator_for_memory(bundle.model, spec)
                     run_pipe = pipe if model is bundle.model else VideoPipeline(
                         model, bundle.text, None, frames_per_chunk=FRAMES_PER_CHUNK, steps=tuple(run.steps))
                 gen = run_pipe.generate(prompts, num_frames, memory=stack, seed=episodes[group[0]].noise_seed,
@@ -357,6 +270,7 @@ def run_memory(run: MemoryRun, log=print) -> dict:
                 log(f"  [{spec}] episodes {group[0]}..{group[-1]} done, {time.perf_counter() - t0:.1f} s")
         res: dict[str, Any] = {
             "label": spec.split(":")[0], "requested": requested, "spec": spec,
+            "unbounded": not parse_spec(spec)[0].bounded,
             "spec_resolved": pipe.memory.spec if pipe.memory is not None and error is None else None,
             "note": note, "error": error, "seconds": time.perf_counter() - t0,
             "visible_history_frames_max": visible,
@@ -371,20 +285,21 @@ def run_memory(run: MemoryRun, log=print) -> dict:
         results.append(res)
         pipe.memory = None
 
-    ref = next((r for r in results if r["label"] == "full" and r["error"] is None), None)
+    ref = next((r for r in results if r["unbounded"] and r["error"] is None), None)  # the reference
     for r in results:
         if r["error"] is None and ref is not None and r is not ref:
             r["paired_vs_full"] = paired(r["episodes"], ref["episodes"], lags, long_lag)
 
-    bounded = {r["spec"]: r["visible_history_frames_max"] for r in results if r["label"] != "full" and not r["error"]}
+    bounded = {r["spec"]: r["visible_history_frames_max"] for r in results if not r["unbounded"] and not r["error"]}
     matched = sorted(s for s, v in bounded.items() if v == run.budget)
     unmatched = {s: v for s, v in bounded.items() if v != run.budget}
     statement = (f"Equal memory budgets: every bounded policy was asked for {run.budget} history latent frames "
                  f"({run.budget / fps:g} s at {fps} fps; the current 3-frame chunk is not counted); measured "
                  f"maximum history slots visible to a chunk: "
                  + ", ".join(f"{s} {v}" for s, v in bounded.items())
-                 + (f". Not at the budget: {', '.join(f'{s} ({v})' for s, v in unmatched.items())}" if unmatched else "")
-                 + ". 'full' is the unbounded reference (every past frame).")
+                 + (f". Not at the budget: {', '.join(f'{s} ({v})' for s, v in unmatched.items())}"
+                    if unmatched else "")
+                 + (f". '{ref['label']}' is the unbounded reference (every past frame)." if ref else "."))
     edges = list(LAG_EDGES)
     report = {
         "benchmark": "memory",
@@ -412,123 +327,3 @@ def run_memory(run: MemoryRun, log=print) -> dict:
         "elapsed_s": time.perf_counter() - t_start,
     }
     return report
-
-
-# -------------------------------------------------------------------------------------------
-# Output
-# -------------------------------------------------------------------------------------------
-def _clean(obj):
-    """NaN/inf -> None so the JSON is standard."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def write_json(report: dict, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump(_clean(report), fh, indent=1, allow_nan=False)
-    return path
-
-
-def bin_labels(edges=LAG_EDGES, fps: float = 8) -> list[str]:
-    def sec(x):
-        return "inf" if not math.isfinite(x) else f"{x / fps:g}"
-
-    def fr(x):
-        return "inf" if not math.isfinite(x) else f"{x:g}"
-
-    return [f"[{fr(a)},{fr(b)}) fr\n[{sec(a)},{sec(b)}) s" for a, b in zip(edges[:-1], edges[1:])]
-
-
-def plot(report: dict, path: str) -> str:
-    """PSNR (top) and SSIM (bottom) against lag bin, one line per policy with 95% CI bands."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cfg = report["config"]
-    edges = [e if e is not None else math.inf for e in cfg["lag_edges_frames"]]
-    labels = bin_labels(edges, cfg["fps"])
-    ok = [r for r in report["policies"] if not r.get("error") and "summary" in r]
-    if ok:  # episodes with frames in each bin (the same for every policy)
-        labels = [f"{lab}\nn={n}" for lab, n in zip(labels, ok[0]["summary"]["psnr_by_lag"]["n_episodes"])]
-    fig, axes = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
-    x = np.arange(len(labels))
-    for res in report["policies"]:
-        if res.get("error") or "summary" not in res:
-            continue
-        for ax, key in zip(axes, ("psnr", "ssim")):
-            b = res["summary"][f"{key}_by_lag"]
-            m = np.array([v if v is not None else np.nan for v in b["mean"]], float)
-            lo = np.array([v if v is not None else np.nan for v in b["low"]], float)
-            hi = np.array([v if v is not None else np.nan for v in b["high"]], float)
-            line, = ax.plot(x, m, marker="o", lw=1.4, label=f"{res['spec']} ({res['visible_history_frames_max']})"
-                            if res["label"] != "full" else "full (unbounded)")
-            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
-    axes[0].set_ylabel("PSNR vs truth (dB)")
-    axes[1].set_ylabel("SSIM vs truth")
-    axes[1].set_ylim(-0.05, 1.05)  # t intervals over few episodes can reach past SSIM's range
-    axes[0].set_title(f"Memory benchmark: {len(report['episodes'])} episodes, {cfg['latent_frames'] / cfg['fps']:g} s, "
-                      f"true opening {cfg['opening_frames'] / cfg['fps']:g} s, budget {cfg['budget']} frames "
-                      f"(legend: visible history); bands: 95% CI over episodes", fontsize=9)
-    axes[1].set_xticks(x, labels, fontsize=8)
-    axes[1].set_xlabel("lag: time since the revisited content was last seen (world.last_seen, mode revisit)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _fmt_ci(ci, digits: int = 2) -> str:
-    m, lo, hi = (float("nan") if v is None else v for v in ci)
-    if not math.isfinite(m):
-        return "n/a"
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{m:.{digits}f}"
-    return f"{m:.{digits}f} [{lo:.{digits}f},{hi:.{digits}f}]"
-
-
-def format_table(report: dict) -> str:
-    cfg = report["config"]
-    ll = cfg["long_lag_seconds"]
-    ok = [r for r in report["policies"] if not r.get("error")]
-    n_long = ok[0]["summary"]["n_long_episodes"] if ok else 0
-    head = (f"{'policy':26s} {'visible':>7s} {'PSNR dB (95% CI)':>22s} {'SSIM (95% CI)':>24s} "
-            f"{f'PSNR lag>={ll:g}s n={n_long}':>22s} {'dPSNR vs full':>20s} {f'dPSNR lag>={ll:g}s vs full':>26s}")
-    rows = [head]
-    for res in report["policies"]:
-        if res.get("error"):
-            rows.append(f"{res['spec'][:26]:26s} failed: {res['error']}")
-            continue
-        s = res["summary"]
-        vis = "all" if res["label"] == "full" else str(res["visible_history_frames_max"])
-        pv = res.get("paired_vs_full", {})
-        rows.append(f"{res['spec'][:26]:26s} {vis:>7s} {_fmt_ci(s['psnr']):>22s} {_fmt_ci(s['ssim'], 4):>24s} "
-                    f"{_fmt_ci(s['psnr_long']):>22s} {_fmt_ci(pv['psnr']) if pv else '-':>20s} "
-                    f"{_fmt_ci(pv['psnr_long']) if pv else '-':>26s}")
-    edges = [e if e is not None else math.inf for e in cfg["lag_edges_frames"]]
-    rows.append("")
-    rows.append("PSNR (dB) by lag bin, mean over episodes [n episodes]:")
-    labels = [lab.replace("\n", " ") for lab in bin_labels(edges, cfg["fps"])]
-    if ok:
-        n_ep = ok[0]["summary"]["psnr_by_lag"]["n_episodes"]
-        keep = [i for i, n in enumerate(n_ep) if n]
-        rows.append(f"{'lag':34s} " + " ".join(f"{r['spec'][:14]:>14s}" for r in ok))
-        for i in keep:
-            rows.append(f"{labels[i] + f' [{n_ep[i]}]':34s} "
-                        + " ".join(f"{(r['summary']['psnr_by_lag']['mean'][i] or float('nan')):14.2f}" for r in ok))
-    rows.append("")
-    rows.append(report["equal_budget"]["statement"])
-    rows.append(f"Scored: {cfg['generated_frames']} generated frames per episode after a true opening of "
-                f"{cfg['opening_frames']} frames; PSNR capped at {cfg['psnr_cap_db']:g} dB; CIs are 95% t intervals "
-                f"over episodes (n/a or no interval with < 2 episodes).")
-    return "\n".join(rows)

@@ -23,6 +23,9 @@ from typing import Any
 
 import torch
 
+from fademem.bench.speed_policy import rel_l2, run_policy
+from fademem.bench.speed_stats import frames_for_seconds
+
 WAN21_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                  temperal_downsample=[False, True, True], dropout=0.0)
 TINY_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
@@ -63,8 +66,6 @@ def time_decode(decoder, latent: tuple[int, int, int], fpc: int, device: torch.d
 
 def run_end_to_end(model, run, text, peak, budget, report: dict, log) -> dict[str, Any]:
     """DiT + streaming decode for ``run.e2e_policies``; see the module doc."""
-    from fademem.bench.speed import frames_for_seconds, rel_l2, run_policy
-
     setup = run.setup
     device = torch.device(setup.device)
     dtype = setup.torch_dtype()

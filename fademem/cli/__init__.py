@@ -1,5 +1,30 @@
-"""The ``fademem`` command line: one module per command group."""
+"""The ``fademem`` command line: the click group ``main`` and one module per command group.
 
-from fademem.cli.commands import main
+``generate`` (fademem.cli.generate), ``train`` (fademem.cli.train), ``bench speed|memory``
+(fademem.cli.bench), ``spectrum`` and ``schedule`` (fademem.cli.analysis), ``train-compressor``
+(fademem.cli.compressor). Each command imports its heavy modules inside its function so
+``fademem --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import click
+
+from fademem.cli.analysis import schedule, spectrum
+from fademem.cli.bench import bench
+from fademem.cli.compressor import train_compressor
+from fademem.cli.generate import generate
+from fademem.cli.train import train_cmd
 
 __all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fademem")
+def main() -> None:
+    """Long-horizon autoregressive video diffusion under a fixed memory budget."""
+
+
+for _command in (spectrum, schedule, generate, train_cmd, bench, train_compressor):
+    main.add_command(_command)
+del _command

@@ -35,7 +35,8 @@ import click
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cuda", show_default=True)
 def train_compressor(out, rate, pretrain_seconds, finetune_seconds, pretrain_steps, finetune_steps, batch, window,
-                     budget, max_start, channels, freeze_encoder, init, weights, workers, pool, eval_clips, seed, device):
+                     budget, max_start, channels, freeze_encoder, init, weights, workers, pool, eval_clips, seed,
+                     device):
     """Train the learned history compressor (frame-retrieval pretraining, then generator LoRA)."""
     import torch
 

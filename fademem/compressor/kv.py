@@ -6,11 +6,17 @@ grid_w]`` (keys with their spatial RoPE phase, values), becomes ``(grid_h/h)*(gr
 of compressed keys and values at the rate ``"t x h x w"``.
 
 Per-layer encoders with a shared trunk: layer ``l`` has its own 1x1x1 input projection and its
-own output head; between them runs one :class:`~fademem.compressor.nets.HistoryEncoder` (3D
+own output head; between them runs one :class:`~fademem.memory.compressor_net.HistoryEncoder` (3D
 convolutions, time reduced before space, attention at the coarsest level). Each token is the
 **average pool** of its cell plus the head's correction, and the heads start at zero: an
 untrained compressor is plain span averaging (what FadeMem's merges do), and training only has to
 learn what averaging loses.
+
+The compressor itself (:class:`KVCompressor`, :class:`KVCompressorConfig`), the LoRA metadata and
+reading a file's compressor and LoRA live in :mod:`fademem.memory.compressor_net` (the policy runs
+them; the memory layer cannot import training code) and are re-exported here. This module adds
+what training needs: the retrieval decoder (:class:`KVRetrieval`), :func:`save`, and :func:`load`,
+which also reads the decoder.
 
 Files (safetensors): ``kv.*`` the compressor, optionally ``decoder.*`` (the retrieval decoder of
 pretraining) and ``lora.*`` (a peft LoRA for the generator fine-tuned to read this memory), with
@@ -20,96 +26,25 @@ the configs as JSON metadata.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fademem.compressor.nets import CompressorConfig, Encoded, HistoryEncoder, RetrievalDecoder, parse_channels, parse_rate
+from fademem.compressor.nets import CompressorConfig, Encoded, RetrievalDecoder
+from fademem.memory.compressor_net import (
+    KVCompressor,
+    KVCompressorConfig,
+    LoRAInfo,
+    default_path,
+    part,
+    read,
+    weights_from,
+)
 
-
-@dataclass
-class KVCompressorConfig:
-    layers: int
-    heads: int
-    head_dim: int
-    grid: tuple[int, int]  # token grid of one frame (rows, columns), row-major like the patch grid
-    rate: str = "4x4x2"
-    channels: tuple[int, ...] = (32, 64, 128)
-    hidden: int = 128
-    attn_heads: int = 4
-
-    def __post_init__(self):
-        self.grid = tuple(int(g) for g in self.grid)
-        self.channels = parse_channels(self.channels)
-        t, fh, fw = parse_rate(self.rate)
-        for name in ("layers", "heads", "head_dim", "hidden", "attn_heads"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"KVCompressorConfig.{name} must be positive, got {getattr(self, name)}")
-        if len(self.grid) != 2 or self.grid[0] % fh or self.grid[1] % fw:
-            raise ValueError(f"token grid {self.grid} is not divisible by the rate's spatial factors {fh}x{fw} "
-                             f"({self.rate})")
-
-    @property
-    def width(self) -> int:
-        return 2 * self.heads * self.head_dim
-
-    @property
-    def factors(self) -> tuple[int, int, int]:
-        return parse_rate(self.rate)
-
-    @property
-    def tokens_per_group(self) -> int:
-        _, fh, fw = self.factors
-        return (self.grid[0] // fh) * (self.grid[1] // fw)
-
-    @property
-    def tokens_per_frame(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-
-class KVCompressor(nn.Module):
-    """``compress(layer, k, v)``: groups of ``t`` frames of one layer's K/V -> compressed K/V."""
-
-    def __init__(self, cfg: KVCompressorConfig):
-        super().__init__()
-        self.cfg = cfg
-        c0 = cfg.channels[0]
-        self.stems = nn.ModuleList(nn.Conv3d(cfg.width, c0, 1) for _ in range(cfg.layers))
-        self.trunk = HistoryEncoder(CompressorConfig(in_channels=c0, out_dim=cfg.hidden, channels=cfg.channels,
-                                                     rate=cfg.rate, heads=cfg.attn_heads))
-        self.heads = nn.ModuleList(nn.Linear(cfg.hidden, cfg.width) for _ in range(cfg.layers))
-        for h in self.heads:  # start as span averaging
-            nn.init.zeros_(h.weight)
-            nn.init.zeros_(h.bias)
-
-    def compress(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v [B, G*t*n, H, D] (G whole groups of t frames of n tokens, spatial phase only) ->
-        compressed (k, v) [B, G*m, H, D], group-major, in the input dtype (math in float32)."""
-        cfg = self.cfg
-        t, fh, fw = cfg.factors
-        gh, gw = cfg.grid
-        n = gh * gw
-        if not 0 <= layer < cfg.layers:
-            raise ValueError(f"compressor has encoders for {cfg.layers} layers, asked for layer {layer}")
-        if k.shape != v.shape or k.dim() != 4:
-            raise ValueError(f"k and v must be [batch, tokens, heads, head_dim] of one shape, got "
-                             f"{tuple(k.shape)} and {tuple(v.shape)}")
-        b, tokens, h, d = k.shape
-        if 2 * h * d != cfg.width:
-            raise ValueError(f"compressor takes K/V of {cfg.heads} heads x {cfg.head_dim} (width {cfg.width}); "
-                             f"got {h} x {d}")
-        if tokens % (t * n):
-            raise ValueError(f"{tokens} tokens are not whole groups of {t} frames x {n} tokens "
-                             f"(grid {gh}x{gw}, rate {cfg.rate})")
-        groups = tokens // (t * n)
-        x = torch.cat([k, v], -2).float().reshape(b * groups, t, gh, gw, cfg.width).permute(0, 4, 1, 2, 3)
-        pooled = F.avg_pool3d(x, (t, fh, fw)).flatten(2).transpose(1, 2)  # [BG, m, width]
-        y = self.trunk(self.stems[layer](x)).tokens
-        out = (pooled + self.heads[layer](y)).reshape(b, groups * cfg.tokens_per_group, 2, h, d).to(k.dtype)
-        return out[:, :, 0].contiguous(), out[:, :, 1].contiguous()
+# KVCompressor, KVCompressorConfig, LoRAInfo, default_path: the memory layer's (the policy runs them).
+__all__ = ["KVCompressor", "KVCompressorConfig", "KVFile", "KVRetrieval", "LoRAInfo", "default_path", "load", "save"]
 
 
 class KVRetrieval(nn.Module):
@@ -144,13 +79,6 @@ class KVRetrieval(nn.Module):
 
 
 # -- files ----------------------------------------------------------------------------------------------
-@dataclass
-class LoRAInfo:
-    rank: int
-    alpha: float
-    targets: list[str] = field(default_factory=list)
-
-
 def save(path: str | Path, compressor: KVCompressor, retrieval: KVRetrieval | None = None,
          lora: dict[str, torch.Tensor] | None = None, lora_info: LoRAInfo | None = None,
          info: dict | None = None, dtype=torch.float16) -> None:
@@ -186,35 +114,13 @@ class KVFile:
 
 
 def load(path: str | Path, device="cpu") -> KVFile:
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"compressor weights not found at {path}")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-        if "kv_compressor" not in meta:
-            hint = (" (a latent-space HistoryEncoder file from fademem.compressor.save; the memory policy needs "
-                    "K/V-space weights from `fademem train-compressor`)") if "compressor" in meta else ""
-            raise ValueError(f"{path} is not a K/V compressor file (no 'kv_compressor' metadata){hint}")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    cfg = KVCompressorConfig(**json.loads(meta["kv_compressor"]))
-
-    def part(prefix):
-        return {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
-
-    comp = KVCompressor(cfg)
-    comp.load_state_dict(part("kv."))
+    """Everything in a compressor file: what the policy reads (:func:`fademem.memory.compressor_net.load`)
+    plus the retrieval decoder, when the file has one."""
+    meta, tensors = read(path)
+    w = weights_from(meta, tensors, device)
     retrieval = None
     if "decoder" in meta:
-        retrieval = KVRetrieval(cfg, **json.loads(meta["decoder"]))
-        retrieval.load_state_dict(part("decoder."))
+        retrieval = KVRetrieval(w.compressor.cfg, **json.loads(meta["decoder"]))
+        retrieval.load_state_dict(part(tensors, "decoder."))
         retrieval.to(device).eval()
-    lora_info = LoRAInfo(**json.loads(meta["lora"])) if "lora" in meta else None
-    return KVFile(comp.to(device).eval(), retrieval, part("lora."), lora_info, json.loads(meta.get("info", "{}")))
-
-
-def default_path() -> Path:
-    from importlib import resources
-
-    return Path(str(resources.files("fademem") / "assets" / "compressor.safetensors"))
+    return KVFile(w.compressor, retrieval, w.lora, w.lora_info, w.info)

@@ -7,7 +7,9 @@ Preservation in Autoregressive Video Memory Compression"), and their latent-spac
   ``"4x4x2"``; power-of-two factors) and projects to a width: tokens [B, N, out_dim] plus
   each token's fractional temporal position (the centre of the history span it summarises).
   The ``compressor`` memory policy runs it as the shared trunk of its per-layer K/V
-  compressor (:mod:`fademem.compressor.kv`).
+  compressor, so it lives in the memory layer (:mod:`fademem.memory.compressor_net`, with
+  :class:`CompressorConfig`, :class:`Encoded`, :func:`parse_rate`, :func:`parse_channels`) and
+  is re-exported here.
 * :class:`RetrievalDecoder` -- a light frame-retrieval decoder for pretraining: a noised query
   frame (noise-as-mask: the frame to retrieve is replaced by noise at a random level), its
   noise level and its temporal position cross-attend to the compressed tokens and predict the
@@ -23,161 +25,28 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The encoder trunk and its knobs live in the memory layer (the ``compressor`` policy runs them);
+# re-exported here, where training builds on them.
+from fademem.memory.compressor_net import (
+    AttnBlock3d,
+    CompressorConfig,
+    Encoded,
+    HistoryEncoder,
+    ResBlock3d,
+    parse_channels,
+    parse_rate,
+)
 
-def parse_rate(rate: str | tuple) -> tuple[int, int, int]:
-    """``"2x2x1"`` -> (2, 2, 1): (time, height, width) reduction factors, each a power of two."""
-    if isinstance(rate, (tuple, list)):
-        parts = list(rate)
-    elif isinstance(rate, str):
-        parts = rate.lower().replace(" ", "").split("x")
-    else:
-        raise ValueError(f"rate must be a string like '2x2x1' (time x height x width), got {rate!r}")
-    try:
-        factors = tuple(int(p) for p in parts)
-    except (TypeError, ValueError):
-        raise ValueError(f"rate must look like '2x2x1' (time x height x width factors), got {rate!r}") from None
-    if len(factors) != 3 or any(f < 1 or f & (f - 1) for f in factors):
-        raise ValueError(f"rate must be three power-of-two factors 'TxHxW' such as '2x2x1' or '4x4x2', got {rate!r}")
-    return factors  # type: ignore[return-value]
-
-
-def parse_channels(channels: str | tuple) -> tuple[int, ...]:
-    """``"64-128-256-512"`` or a tuple -> channel ladder (positive multiples of 4 for GroupNorm)."""
-    parts = channels.replace(",", "-").split("-") if isinstance(channels, str) else list(channels)
-    try:
-        out = tuple(int(c) for c in parts)
-    except (TypeError, ValueError):
-        raise ValueError(f"channels must look like '64-128-256-512', got {channels!r}") from None
-    if not out or any(c <= 0 or c % 4 for c in out):
-        raise ValueError(f"channels must be positive multiples of 4, got {channels!r}")
-    return out
-
-
-@dataclass
-class CompressorConfig:
-    in_channels: int = 48  # latent channels (embedded model: 4x4-folded RGB)
-    out_dim: int = 256  # DiT width the tokens are projected to
-    channels: tuple[int, ...] = (64, 128, 256, 512)
-    rate: str = "2x2x1"
-    heads: int = 4  # encoder attention heads at the coarsest level
-    dec_dim: int = 128  # decoder width
-    dec_layers: int = 2
-    dec_heads: int = 4
-    dec_patch: int = 2
-    latent_hw: tuple[int, int] = (16, 16)  # decoder query frame size
-
-    def __post_init__(self):
-        self.channels = parse_channels(self.channels)
-        self.latent_hw = tuple(int(s) for s in self.latent_hw)
-        parse_rate(self.rate)
-        for name in ("in_channels", "out_dim", "heads", "dec_dim", "dec_layers", "dec_heads", "dec_patch"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"CompressorConfig.{name} must be positive, got {getattr(self, name)}")
-
-    @property
-    def factors(self) -> tuple[int, int, int]:
-        return parse_rate(self.rate)
-
-
-def _groups(c: int) -> int:
-    return math.gcd(c, 32) if c >= 8 else 1
-
-
-class ResBlock3d(nn.Module):
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.n1, self.c1 = nn.GroupNorm(_groups(cin), cin), nn.Conv3d(cin, cout, 3, padding=1)
-        self.n2, self.c2 = nn.GroupNorm(_groups(cout), cout), nn.Conv3d(cout, cout, 3, padding=1)
-        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
-
-    def forward(self, x):
-        h = self.c1(F.silu(self.n1(x)))
-        return self.skip(x) + self.c2(F.silu(self.n2(h)))
-
-
-class AttnBlock3d(nn.Module):
-    """Self-attention over every (t, h, w) position of the coarsest level."""
-
-    def __init__(self, c: int, heads: int):
-        super().__init__()
-        self.norm = nn.GroupNorm(_groups(c), c)
-        self.attn = nn.MultiheadAttention(c, heads if c % heads == 0 else 1, batch_first=True)
-
-    def forward(self, x):
-        b, c, t, h, w = x.shape
-        y = self.norm(x).flatten(2).transpose(1, 2)
-        y = self.attn(y, y, y, need_weights=False)[0]
-        return x + y.transpose(1, 2).reshape(b, c, t, h, w)
-
-
-@dataclass
-class Encoded:
-    tokens: torch.Tensor  # [B, N, out_dim], time-major, then height, then width
-    positions: torch.Tensor  # [N] float32: centre of the history span each token summarises
-    grid: tuple[int, int, int]  # (groups in time, height, width) of the token grid
-    coords: torch.Tensor = field(repr=False, default=None)  # [N, 2] token centres (y, x) in [0, 1]
-
-
-class HistoryEncoder(nn.Module):
-    """Latent history [B, C, T, h, w] -> compressed tokens (see module docstring)."""
-
-    def __init__(self, cfg: CompressorConfig):
-        super().__init__()
-        self.cfg = cfg
-        ft, fh, fw = cfg.factors
-        steps = [(2, 1, 1)] * int(math.log2(ft))  # time first ...
-        for i in range(int(math.log2(max(fh, fw)))):  # ... then space
-            steps.append((1, 2 if 2 ** i < fh else 1, 2 if 2 ** i < fw else 1))
-        self.strides = tuple(steps)
-        ch = cfg.channels
-        self.stem = nn.Conv3d(cfg.in_channels, ch[0], 3, padding=1)
-        blocks, c = [], ch[0]
-        for i, s in enumerate(self.strides):
-            c_next = ch[min(i + 1, len(ch) - 1)]
-            blocks += [ResBlock3d(c, c), nn.Conv3d(c, c_next, 3, stride=s, padding=1)]
-            c = c_next
-        self.down = nn.Sequential(*blocks)
-        self.mid = nn.Sequential(ResBlock3d(c, c), AttnBlock3d(c, cfg.heads), ResBlock3d(c, c))
-        self.norm_out = nn.GroupNorm(_groups(c), c)
-        self.proj = nn.Linear(c, cfg.out_dim)
-
-    def check(self, x: torch.Tensor) -> None:
-        ft, fh, fw = self.cfg.factors
-        if not isinstance(x, torch.Tensor) or x.dim() != 5:
-            raise ValueError(f"history must be latents [batch, channels, time, height, width], "
-                             f"got {tuple(getattr(x, 'shape', ())) or type(x).__name__}")
-        _, c, t, h, w = x.shape
-        if c != self.cfg.in_channels:
-            raise ValueError(f"history has {c} latent channels, the encoder takes {self.cfg.in_channels}")
-        if t < ft:
-            raise ValueError(f"history of {t} frames is shorter than the compression window of {ft} frames "
-                             f"(rate {self.cfg.rate})")
-        if t % ft:
-            raise ValueError(f"history of {t} frames is not a whole number of {ft}-frame compression windows")
-        if h % fh or w % fw:
-            raise ValueError(f"latent size {h}x{w} is not divisible by the spatial factors {fh}x{fw} "
-                             f"(rate {self.cfg.rate})")
-
-    def forward(self, x: torch.Tensor, start: float = 0.0) -> Encoded:
-        """x [B, C, T, h, w]; ``start`` is the temporal index of the history's first frame."""
-        self.check(x)
-        ft, fh, fw = self.cfg.factors
-        y = self.mid(self.down(self.stem(x)))
-        b, c, tg, hg, wg = y.shape
-        tokens = self.proj(F.silu(self.norm_out(y)).flatten(2).transpose(1, 2))
-        centre = start + torch.arange(tg, dtype=torch.float32) * ft + (ft - 1) / 2
-        positions = centre.repeat_interleave(hg * wg).to(x.device)
-        ys = (torch.arange(hg, dtype=torch.float32) + 0.5) / hg
-        xs = (torch.arange(wg, dtype=torch.float32) + 0.5) / wg
-        coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(1, hg * wg, 2)
-        return Encoded(tokens, positions, (tg, hg, wg), coords.expand(tg, -1, -1).reshape(-1, 2).to(x.device))
+__all__ = ["AttnBlock3d", "CompressorConfig", "Encoded", "HistoryEncoder", "ResBlock3d", "RetrievalDecoder", "build",
+           "load", "parse_channels", "parse_rate", "pretrain", "retrieval_loss", "retrieval_metrics", "save", "sincos",
+           "world_histories"]
 
 
 def sincos(values: torch.Tensor, dim: int, scale: float = 1.0) -> torch.Tensor:

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from fademem.memory.slot_store import SlotStore, check_kv
 from fademem.rope import WanRoPE, apply_rotary
 
 
@@ -108,81 +109,6 @@ def _buffer_of(t: torch.Tensor, extra: int, dtype: torch.dtype) -> torch.Tensor:
     return buf
 
 
-def check_kv(k: torch.Tensor, v: torch.Tensor, tokens_per_frame: int, what: str = "insert") -> int:
-    """Validate a K/V pair; return the number of frames it holds."""
-    for name, t in (("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{what}: {name} must be a [batch, tokens, heads, head_dim] tensor, "
-                             f"got {getattr(t, 'shape', type(t))}")
-    if k.shape != v.shape:
-        raise ValueError(f"{what}: k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
-    if k.dtype != v.dtype:
-        raise ValueError(f"{what}: k and v dtypes differ: {k.dtype} vs {v.dtype}")
-    if k.device != v.device:
-        raise ValueError(f"{what}: k and v are on different devices: {k.device} vs {v.device}")
-    if k.shape[1] == 0 or k.shape[1] % tokens_per_frame:
-        raise ValueError(f"{what}: {k.shape[1]} tokens are not whole frames of {tokens_per_frame} tokens")
-    return k.shape[1] // tokens_per_frame
-
-
-class SlotStore:
-    """Preallocated K/V storage of ``capacity`` frame slots, allocated lazily on first write.
-
-    Slot order is physical, not temporal: attention is permutation invariant over keys once each
-    key carries its own temporal phase, so policies recycle freed slots instead of shifting data.
-    """
-
-    def __init__(self, capacity: int | None):
-        self.capacity = capacity  # None: grows by doubling (the unbounded reference)
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
-        self.n_tok = 0
-
-    @property
-    def allocated(self) -> int:
-        return 0 if self.k is None else self.k.shape[1]
-
-    def _alloc(self, like: torch.Tensor, slots: int) -> None:
-        b, _, h, d = like.shape
-        k = like.new_zeros((b, slots, self.n_tok, h, d))
-        v = like.new_zeros((b, slots, self.n_tok, h, d))
-        if self.k is not None:
-            n = self.k.shape[1]
-            k[:, :n].copy_(self.k)
-            v[:, :n].copy_(self.v)
-        self.k, self.v = k, v
-
-    def write(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v: [B, n_tok, H, D] for one frame."""
-        if self.k is None:
-            self.n_tok = k.shape[1]
-            self._alloc(k, self.capacity or 8)
-        elif (k.shape[0], k.shape[2], k.shape[3]) != (self.k.shape[0], self.k.shape[3], self.k.shape[4]) \
-                or k.shape[1] != self.n_tok:
-            raise ValueError(f"insert: frame of shape {tuple(k.shape)} does not match stored frames "
-                             f"[{self.k.shape[0]}, {self.n_tok}, {self.k.shape[3]}, {self.k.shape[4]}]")
-        elif k.dtype != self.k.dtype or k.device != self.k.device:
-            raise ValueError(f"insert: got {k.dtype} on {k.device}, memory holds {self.k.dtype} on {self.k.device}")
-        if slot >= self.allocated:
-            if self.capacity is not None:
-                raise IndexError(f"slot {slot} outside capacity {self.capacity}")
-            self._alloc(k, max(2 * self.allocated, slot + 1))
-        self.k[:, slot].copy_(k)
-        self.v[:, slot].copy_(v)
-
-    def frames(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first n slots as [B, n*n_tok, H, D] views (no copy)."""
-        b, _, t, h, d = self.k.shape
-        return self.k[:, :n].reshape(b, n * t, h, d), self.v[:, :n].reshape(b, n * t, h, d)
-
-    def nbytes(self) -> int:
-        return 0 if self.k is None else 2 * self.k.numel() * self.k.element_size()
-
-    def clear(self) -> None:
-        self.k = self.v = None
-        self.n_tok = 0
-
-
 @dataclass(frozen=True)
 class GeneratorAdapter:
     """What a policy needs changed in the generator it runs with, declared as data so that callers
@@ -206,6 +132,8 @@ class Memory:
     name: ClassVar[str] = ""
     needs_queries: ClassVar[bool] = False  # view() wants ChunkQuery.q (Deep Forcing, OmniMem)
     needs_context: ClassVar[bool] = False  # view() wants ChunkQuery.context_k (MemFlow)
+    bounded: ClassVar[bool] = True  # False: grows with the video (the reference; benchmarks cap its length)
+    budget_note: ClassVar[str | None] = None  # for reports: how this policy's history size is set
 
     rope: WanRoPE | None = field(default=None, repr=False, compare=False)
     tokens_per_frame: int = field(default=0, repr=False, compare=False)
@@ -250,6 +178,32 @@ class Memory:
         diff = {k: v for k, v in self.knobs().items() if getattr(defaults, k) != v}
         return self.name + (":" + ",".join(f"{k}={v}" for k, v in diff.items()) if diff else "")
 
+    @classmethod
+    def at_budget(cls, budget: int) -> tuple[str, str | None]:
+        """(spec, note): this policy set to show ``budget`` history frames (the current chunk not
+        counted), for comparisons at equal budgets (``fademem bench memory``); the note says how the
+        match was made, or that there is none (None: plainly matched). ValueError when the policy
+        cannot run at that budget. Policies with their own rule override this; the default sets a
+        ``budget`` knob (plus ``cache=budget`` where there is one, and ``sink=min(3, budget - 1)``
+        if it needs that to validate) and runs a policy without one at its defaults."""
+        name = cls.name
+        knobs = {f.name for f in dataclasses.fields(cls)}
+        if "budget" not in knobs:
+            cls()  # validates the defaults
+            return name, "no budget knob: run with its defaults (not budget-matched)"
+        base = {"budget": budget, **({"cache": budget} if "cache" in knobs else {})}  # deepforcing
+        tries = [base] + ([{**base, "sink": min(3, budget - 1)}] if "sink" in knobs else [])
+        last = None
+        for kw in tries:
+            try:
+                cls(**kw)
+                return f"{name}:" + ",".join(f"{k}={v}" for k, v in kw.items()), \
+                    "budget knob set; check the measured visible history"
+            except ValueError as exc:
+                last = exc
+        cls()
+        return name, f"budget={budget} not accepted ({last}); run with its defaults (not budget-matched)"
+
     # -- the two calls the model makes ----------------------------------------------------------
     def insert(self, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
         """Hand over finished frames ``start .. start+F-1``: k without temporal phase, v as is."""
@@ -257,7 +211,8 @@ class Memory:
             raise RuntimeError(f"{self.name} memory is not bound to a model: call bind(rope, tokens_per_frame)")
         n = check_kv(k, v, self.tokens_per_frame)
         if start != self.frames_seen:
-            raise ValueError(f"{self.name}: frames must arrive in order; expected frame {self.frames_seen}, got {start}")
+            raise ValueError(f"{self.name}: frames must arrive in order; "
+                             f"expected frame {self.frames_seen}, got {start}")
         t = self.tokens_per_frame
         for f in range(n):
             self._insert_frame(k[:, f * t:(f + 1) * t], v[:, f * t:(f + 1) * t], start + f)

@@ -1,7 +1,7 @@
 """``compressor``: recent frames as they are, older history as learned compressed K/V (issue 8).
 
 After Zhang et al., "Pretraining Frame Preservation in Autoregressive Video Memory Compression",
-in the K/V space a memory sees (``fademem.compressor.kv``): per-layer encoders with a shared 3D
+in the K/V space a memory sees (``fademem.memory.compressor_net``): per-layer encoders with a shared 3D
 convolutional trunk turn each group of ``t`` evicted frames of a layer into compressed keys and
 values at the rate ``"t x h x w"``.
 
@@ -14,13 +14,13 @@ values at the rate ``"t x h x w"``.
 * Positions: absolute. A group's keys are rotated to the centre of the span it summarises
   (``first + (t - 1) / 2``, fractional); the chunk sits at its true indices. The encoder sees keys
   with the spatial RoPE phase only and outputs keys that carry whatever spatial phase they need.
-* Weights: ``weights=`` a file from ``fademem train-compressor`` (``fademem.compressor.kv``);
+* Weights: ``weights=`` a file from ``fademem train-compressor`` (read by ``compressor_net.load``);
   by default the one shipped for the embedded model. Its config fixes the rate, the layers and
   the K/V width; a model of another size gets a clear error. The file may also hold a generator
   LoRA trained to read this memory: generation and the memory benchmark merge it into (a copy of)
   the embedded model when ``generator_lora=true`` (default); the policy itself never touches the
   model. ``allow_random=true`` builds untrained per-layer compressors (plain span averaging, see
-  ``kv.py``) for tests and plumbing checks.
+  ``compressor_net.py``) for tests and plumbing checks.
 * Prompt switches recompute only the raw recent frames (compressed groups keep their K/V).
 """
 
@@ -32,12 +32,19 @@ from pathlib import Path
 
 import torch
 
-from fademem.compressor.kv import KVCompressor, KVCompressorConfig, default_path, load
-from fademem.compressor.nets import parse_channels, parse_rate
-from fademem.rope import apply_rotary
 from fademem.memory.base import ChunkQuery, Entry, GeneratorAdapter, Memory, MemoryView, SlotStore
-from fademem.memory.registry import register
+from fademem.memory.compressor_net import (
+    KVCompressor,
+    KVCompressorConfig,
+    default_path,
+    file_rate,
+    load,
+    parse_channels,
+    parse_rate,
+)
+from fademem.memory.registry import build_memory, register
 from fademem.memory.window import check_int
+from fademem.rope import apply_rotary
 
 _COMPRESSORS: dict[tuple, KVCompressor] = {}  # one module per (file or random config, device)
 
@@ -102,6 +109,19 @@ class CompressorMemory(Memory):
     channels: str = "32-64-128"  # trunk channel ladder of random compressors
     seed: int = 0
 
+    @classmethod
+    def at_budget(cls, budget: int) -> tuple[str, str | None]:
+        """Equal visible tokens: raw window (+ up to t-1 frames waiting for a group) + compressed groups."""
+        t, fh, fw = cls().factors
+        window = max(1, budget // 3)
+        groups = (budget - window - (t - 1)) * fh * fw
+        if groups < 1:
+            raise ValueError(f"compressor needs budget > {window + t - 1} frames at rate {t}x{fh}x{fw}, got {budget}")
+        spec = f"{cls.name}:window={window},budget={groups}"
+        build_memory(spec)
+        return spec, (f"window {window} raw frames (+ up to {t - 1} waiting for a group) + {groups} groups of "
+                      f"1/{fh * fw} frame of tokens each = at most {budget} frames of tokens")
+
     def validate(self) -> None:
         check_int(self.name, "window", self.window, 1)
         check_int(self.name, "budget", self.budget, 1)
@@ -121,9 +141,10 @@ class CompressorMemory(Memory):
         if self.allow_random and self.weights is not None:
             raise ValueError(f"{self.name}: give weights= or allow_random=true, not both")
         if self.rate != "auto" and self.weights_path is not None and \
-                _file_rate(self.weights_path) != parse_rate(self.rate):
-            have = "x".join(map(str, _file_rate(self.weights_path)))
-            raise ValueError(f"{self.name}: {self.weights_path} was trained at rate {have}, the policy asks {self.rate}")
+                file_rate(self.weights_path) != parse_rate(self.rate):
+            have = "x".join(map(str, file_rate(self.weights_path)))
+            raise ValueError(f"{self.name}: {self.weights_path} was trained at rate {have}, "
+                             f"the policy asks {self.rate}")
 
     def spec(self) -> str:
         # The base class compares with type(self)(), which may refuse to build without weights.
@@ -157,7 +178,7 @@ class CompressorMemory(Memory):
             return parse_rate(self.rate)
         if self.weights_path is None:
             return parse_rate("2x2x1")
-        return _file_rate(self.weights_path)
+        return file_rate(self.weights_path)
 
     @property
     def ring(self) -> int:
@@ -260,20 +281,3 @@ class CompressorMemory(Memory):
                  for g in self.groups_held()]
                 + [Entry(mu=float(f), span=1, position=float(f), first=f) for f in self.raw_frames()])
 
-
-_RATES: dict[str, tuple[int, int, int]] = {}
-
-
-def _file_rate(path: str) -> tuple[int, int, int]:
-    """The rate recorded in a compressor file's metadata (read once per path)."""
-    if path not in _RATES:
-        import json
-
-        from safetensors import safe_open
-
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-        if "kv_compressor" not in meta:
-            raise ValueError(f"compressor: {path} is not a K/V compressor file (no 'kv_compressor' metadata)")
-        _RATES[path] = parse_rate(json.loads(meta["kv_compressor"])["rate"])
-    return _RATES[path]

@@ -41,7 +41,7 @@ import torch
 
 from fademem.memory import fademem_schedule as fs
 from fademem.memory.base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
-from fademem.memory.registry import register
+from fademem.memory.registry import build_memory, register
 
 
 @register
@@ -73,6 +73,12 @@ class FadeMemMemory(Memory):
         if self.span_gamma is not None:
             return float(self.span_gamma)
         return 0.5 if self.preset == "release" else 1.0
+
+    @classmethod
+    def at_budget(cls, budget: int) -> tuple[str, str | None]:
+        spec = f"{cls.name}:budget={budget}"
+        build_memory(spec)
+        return spec, None
 
     def validate(self) -> None:
         def bad(msg: str) -> ValueError:
@@ -190,3 +196,41 @@ class FadeMemMemory(Memory):
         if ents and ents[0].anchor:
             held[0] = (self.store, ents[0].slot)
         return held
+
+
+# -- the schedule without tensors (``fademem schedule``, the embedded model's training contexts) ----------
+@dataclass
+class ScheduleRun:
+    memory: FadeMemMemory  # metadata only: its SlotStore is never allocated
+    history: list[list[fs.Meta]]  # the entries after each frame (when recorded)
+
+    def entries(self) -> list[Entry]:
+        return self.memory.entries()
+
+    def as_json(self) -> list[dict]:
+        return [{"mu": float(e.mu), "span": int(e.span)} for e in self.memory.schedule.entries]
+
+
+def simulate(budget: int = 12, beta: float = 0.3, steps: int = 240, *, anchor: bool = True,
+             preset: str = "paper", merge: str = "weighted", span_gamma: float | None = None,
+             positions: str | None = None, chunk: int = 3, record: bool = False) -> ScheduleRun:
+    """Insert ``steps`` frames (in chunks of ``chunk``) into a metadata-only FadeMem memory: the very
+    :class:`~fademem.memory.fademem_schedule.Schedule` the policy runs (built by the policy itself,
+    so knob validation and preset defaults are shared), frame by frame. With ``preset=release``
+    frames arrive in chunks and are measured from the next chunk's first frame, as ``insert()`` does."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    mem = FadeMemMemory(budget=budget, beta=beta, anchor=anchor, merge=merge, preset=preset,
+                        positions=positions, span_gamma=span_gamma)
+    sched = mem.schedule
+    history: list[list[fs.Meta]] = []
+    for start in range(0, steps, chunk):
+        end = min(start + chunk, steps)
+        for f in range(start, end):
+            sched.add(f, end)
+            mem.frames_seen = f + 1
+            if record:
+                history.append([fs.Meta(**vars(e)) for e in sched.entries])
+    return ScheduleRun(mem, history)

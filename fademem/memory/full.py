@@ -14,6 +14,11 @@ class FullMemory(Memory):
     """Unbounded cache of every frame at its absolute position (the reference)."""
 
     name = "full"
+    bounded = False
+
+    @classmethod
+    def at_budget(cls, budget: int) -> tuple[str, str | None]:
+        return cls.name, "unbounded reference (every past frame)"
 
     def reset(self) -> None:
         super().reset()

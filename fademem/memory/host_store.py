@@ -33,7 +33,7 @@ AUTO_CHUNK_BYTES = 256 * 2**20
 AUTO_CHUNK_FRAMES = 64
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_kernels():
     """The two Triton kernels, or None when Triton is not installed (defined lazily so that
     ``TRITON_INTERPRET`` set before first use is honoured and importing this module stays cheap)."""
@@ -133,7 +133,8 @@ class HostFrames:
             frame_bytes = self.frame_nbytes()
             self.chunk_frames = self.requested_chunk or max(1, min(AUTO_CHUNK_FRAMES, AUTO_CHUNK_BYTES // frame_bytes))
         elif any(tuple(t.shape) != self.shape for t in parts):
-            raise ValueError(f"insert: frame of shape {tuple(first.shape)} does not match stored frames {list(self.shape)}")
+            raise ValueError(f"insert: frame of shape {tuple(first.shape)} "
+                             f"does not match stored frames {list(self.shape)}")
         elif any(t.dtype != self.dtype for t in parts):
             raise ValueError(f"insert: got {first.dtype}, the host store holds {self.dtype}")
         if index < 0:
@@ -329,7 +330,7 @@ class HostFrames:
 _COPY_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fast_pinning() -> str | None:
     """Switch torch's pinned allocator to ``cudaHostRegister`` with parallel page registration.
 
@@ -351,7 +352,7 @@ def _fast_pinning() -> str | None:
     return settings
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pin_worker() -> ThreadPoolExecutor:
     """One thread that allocates pinned chunks ahead of need (torch releases the GIL while pinning)."""
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="fademem-pin")

@@ -46,10 +46,12 @@ from typing import Literal
 import torch
 
 from fademem.memory.base import ChunkQuery, Entry, Memory, MemoryView, SlotStore, check_kv
-from fademem.memory.registry import register
+from fademem.memory.registry import build_memory, register
 from fademem.memory.window import check_int
 
 MODES = ("global", "position")
+
+FIXED_SLOTS = 5  # non-recent slots at the default sink=3: sink 3 + long EMA 1 + short EMA 1
 
 
 @register
@@ -58,6 +60,8 @@ class MemRoPEMemory(Memory):
     """MemRoPE: sink + long/short EMA memory tokens + recent frames, positions = slot index."""
 
     name = "memrope"
+    budget_note = ("fixed layout sink 3 + long EMA 1 + short EMA 1 + recent 4 = 9 history slots "
+                   "(12 visible with the chunk); its budget is not a knob")
 
     sink: int = 3
     recent: int = 4
@@ -67,6 +71,17 @@ class MemRoPEMemory(Memory):
 
     state_attrs = ("sink_slots", "recent_slots", "ema_slots", "used_slots", "folded", "first_folded",
                    "mu_long", "mu_short")
+
+    @classmethod
+    def at_budget(cls, budget: int) -> tuple[str, str | None]:
+        """Budget-matched through ``recent``: the layout is sink 3 + long EMA 1 + short EMA 1 +
+        recent, so ``recent=budget - 5`` (the default recent=4 gives 9 history slots)."""
+        if budget < FIXED_SLOTS:
+            raise ValueError(f"memrope needs budget >= {FIXED_SLOTS} (sink 3 + 2 EMA slots), got {budget}")
+        spec = f"{cls.name}:recent={budget - FIXED_SLOTS}"
+        build_memory(spec)
+        return spec, (f"fixed layout sink 3 + long EMA 1 + short EMA 1 + recent {budget - FIXED_SLOTS} "
+                      f"= {budget} history slots (default recent=4 gives 9)")
 
     def validate(self) -> None:
         check_int(self.name, "sink", self.sink, 0)
@@ -102,7 +117,8 @@ class MemRoPEMemory(Memory):
             raise RuntimeError(f"{self.name} memory is not bound to a model: call bind(rope, tokens_per_frame)")
         check_kv(k, v, self.tokens_per_frame)
         if start != self.frames_seen:
-            raise ValueError(f"{self.name}: frames must arrive in order; expected frame {self.frames_seen}, got {start}")
+            raise ValueError(f"{self.name}: frames must arrive in order; "
+                             f"expected frame {self.frames_seen}, got {start}")
         self._insert_group(k, v, start)
         self.frames_seen += k.shape[1] // self.tokens_per_frame
         self._view_cache = None

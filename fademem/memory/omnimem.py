@@ -44,18 +44,8 @@ buffer of at most ``topk`` blocks per head; ``torch`` indexes the host chunks (t
 the host: one sync per view); ``auto`` (default) takes Triton on CUDA when it is installed. Both
 give bitwise the same view as the device store.
 
-**Which block keys are scored.** Block keys are float32 means, rotated once at their frame's
-position when written. ``candidates=0`` scores every candidate block on every forward (the rule
-above, exactly; the block keys stay on the device and grow with the video, 1/block_tokens of the
-history's keys). ``candidates=n > 0`` retrieves in two levels so the device holds a fixed index
-instead: a :class:`SegmentBounds` of at most ``index_segments`` segments of consecutive frames
-(channel-wise min/max of their block keys; segments double in span when full) ranks segments by
-the upper bound of the pooled query's score (Quest's bound), the block keys of the best segments
-covering ``n`` frames are fetched per head (from the host with offload, through the same UVA
-gather) and rescored exactly, and the top ``topk`` of those are selected. When the candidate
-frames fit in ``n`` frames this is the exact rule. ``candidates`` defaults to 16 with offload
-(block keys on the host: the device bytes no longer grow with the video, until the span passes
-``n``, after ``index_segments * n`` frames, 68 minutes at the defaults) and 0 without.
+**Which block keys are scored** (``candidates``, two-level retrieval), and how the selected
+blocks are gathered: :mod:`fademem.memory.omnimem_select`.
 
 ``device_nbytes()`` reports the device bytes by part (history, block keys, index, window,
 gather buffer); ``host_nbytes()`` / ``host_usage()`` the host store (allocated and used bytes).
@@ -65,19 +55,19 @@ window ring with it; block keys and segment bounds follow (bounds only widen).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 
-from fademem.rope import WanRoPE, _to_device
 from fademem.memory.base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
 from fademem.memory.deepforcing import rotate_tokens
 from fademem.memory.host_store import HostFrames
+from fademem.memory.omnimem_select import BlockSelection
 from fademem.memory.registry import register
 from fademem.memory.segment_index import SegmentBounds
 from fademem.memory.window import check_int
+from fademem.rope import WanRoPE, _to_device
 
 
 def parse_grid(policy: str, grid: str) -> tuple[int, int] | None:
@@ -94,7 +84,7 @@ def parse_grid(policy: str, grid: str) -> tuple[int, int] | None:
 
 @register
 @dataclass
-class OmniMemMemory(Memory):
+class OmniMemMemory(BlockSelection, Memory):
     """OmniMem: per-head top-k spatial-block retrieval over the full history + local window."""
 
     name: ClassVar[str] = "omnimem"
@@ -110,7 +100,8 @@ class OmniMemMemory(Memory):
     offload: bool = False
     host_chunk: int = 0  # offload: frames per pinned host allocation (0: ~256 MiB per allocation)
     gather: Literal["auto", "triton", "torch"] = "auto"  # offload: how selected blocks leave the host
-    candidates: int | None = None  # frames whose block keys are rescored per head; 0 = score all (None: 16 with offload)
+    # frames whose block keys are rescored per head; 0 = score all (None: 16 with offload)
+    candidates: int | None = None
     index_segments: int = 1024  # two-level: segments in the device index (even)
 
     state_attrs: ClassVar[tuple[str, ...]] = ("blocks", "ring_frames")
@@ -253,78 +244,6 @@ class OmniMemMemory(Memory):
         v = torch.cat([self.ring.v[:, a:], self.ring.v[:, :a]], dim=1)
         return k.view(b, r * t, h, d), v.view(b, r * t, h, d)
 
-    def _pooled_query(self, query: ChunkQuery) -> torch.Tensor:
-        """Sum over query groups of the group-mean rotated query: [B, H, D] float32."""
-        q = self.rope.rotate_temporal(query.q, self.chunk_positions(query), out_dtype=torch.float32)
-        b, n, h, d = q.shape
-        g = self.query_group
-        groups = -(-n // g)
-        q = torch.nn.functional.pad(q, (0, 0, 0, 0, 0, groups * g - n)).view(b, groups, g, h, d).sum(2)
-        counts = (n - torch.arange(groups, device=q.device) * g).clamp(max=g).to(torch.float32)
-        return (q / counts[None, :, None, None]).sum(1)
-
-    def select(self, query: ChunkQuery) -> tuple[torch.Tensor, int]:
-        """Per-head selected block indices [B, H, k] (sorted) and the candidate frame count."""
-        win = self.window_frames(query.num_frames)
-        cand_frames = win.start if self.exclude_window else self.frames_seen
-        nb = self.blocks_per_frame
-        nc = cand_frames * nb
-        qs = self._pooled_query(query)
-        scale = 1.0 / math.sqrt(qs.shape[-1])
-        if self.scores_every_block(cand_frames):
-            if self.block_store is not None:
-                kb = self.block_store.read(0, cand_frames, qs.device)[0]
-            else:
-                kb = self.blocks[:, :nc]
-            scores = torch.einsum("bnhd,bhd->bhn", kb, qs) * scale
-            k = min(self.topk, nc)
-            return torch.topk(scores, k, dim=2).indices.sort(dim=2).values, cand_frames
-        # two levels: the segments with the highest bounds, then their blocks rescored exactly
-        span, segs = self.index.span, self.index.segments(cand_frames)
-        pick = -(-self._fetch_frames() // span)
-        k = min(self.topk, nc, pick * span * nb)
-        if cand_frames % span:  # the last segment is partial: one more keeps `pick` whole ones fetched
-            pick = min(pick + 1, segs)
-        seg = torch.topk(self.index.bounds(qs, segs), pick, dim=2).indices  # [B, H, pick]
-        frames = (seg[..., None] * span + torch.arange(span, device=seg.device)).flatten(2)  # [B, H, pick*span]
-        valid = frames < cand_frames  # only the last candidate segment can reach past them
-        frames = frames.clamp(max=cand_frames - 1)
-        keys = self._candidate_keys(frames, cand_frames)  # [B, pick*span*nb, H, D]
-        scores = torch.einsum("bnhd,bhd->bhn", keys, qs) * scale
-        scores = scores.masked_fill(~valid.repeat_interleave(nb, dim=2), float("-inf"))
-        j = torch.topk(scores, k, dim=2).indices
-        idx = frames.gather(2, torch.div(j, nb, rounding_mode="floor")) * nb + j % nb
-        return idx.sort(dim=2).values, cand_frames
-
-    def scores_every_block(self, cand_frames: int) -> bool:
-        """Whether selection over ``cand_frames`` candidate frames scores every block: always with
-        flat scoring, and in two levels while their segments fit in the fetched frames."""
-        return self.index is None or self.index.segments(cand_frames) * self.index.span <= self._fetch_frames()
-
-    def _fetch_frames(self) -> int:
-        """Frames whose block keys a two-level selection fetches per head: whole segments covering
-        ``candidates`` frames."""
-        span = self.index.span
-        return -(-self.n_candidates // span) * span
-
-    def _candidate_keys(self, frames: torch.Tensor, cand_frames: int) -> torch.Tensor:
-        """Each head's block keys of ``frames`` [B, H, M]: [B, M * blocks_per_frame, H, D]."""
-        b, h, m = frames.shape
-        nb = self.blocks_per_frame
-        if self.block_store is not None:
-            d = self.block_store.shape[-1]
-            # a frame's block keys gathered as `pieces` runs of rows: many small copies keep more UVA
-            # reads in flight than one long copy per frame and head
-            pieces = nb // max(r for r in range(1, min(nb, 4) + 1) if nb % r == 0)
-            runs = (frames[..., None] * pieces + torch.arange(pieces, device=frames.device)).flatten(2)
-            out = torch.empty((1, b, m * nb, h, d), dtype=torch.float32, device=frames.device)
-            self.block_store.gather(runs, nb // pieces, out, self.gather, limit=cand_frames)
-            return out[0]
-        d = self.blocks.shape[-1]
-        src = self.blocks.view(b, -1, nb, h, d)
-        gi = frames.permute(0, 2, 1)[:, :, None, :, None].expand(b, m, nb, h, d)
-        return torch.gather(src, 1, gi).view(b, m * nb, h, d)
-
     def _view(self, query: ChunkQuery) -> MemoryView | None:
         win = self.window_frames(query.num_frames)
         ring = (self.window_chunks - 1) * query.num_frames  # the window behind a chunk of this length
@@ -364,31 +283,6 @@ class OmniMemMemory(Memory):
         k = parts_k[0] if len(parts_k) == 1 else torch.cat([p.to(parts_k[0].dtype) for p in parts_k], dim=1)
         v = parts_v[0] if len(parts_v) == 1 else torch.cat([p.to(parts_v[0].dtype) for p in parts_v], dim=1)
         return MemoryView(k, v, tuple(positions), self.chunk_positions(query), mask)
-
-    def _gather(self, idx: torch.Tensor, cand_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each head's own blocks: [B, k*block, H, D] for k and v, in a reused buffer that holds
-        ``topk`` blocks per head at most (so the view never copies a union of the heads' blocks)."""
-        b, h, k = idx.shape
-        tb = self.block_tokens
-        d = self.store.shape[-1] if self.offload else self.store.k.shape[-1]
-        dtype = self.store.dtype if self.offload else self.store.k.dtype
-        need = 2 * b * k * tb * h * d
-        buf = self._scratch.get("gather")
-        if buf is None or buf.numel() < need or buf.dtype != dtype or buf.device != idx.device:
-            # grows with the candidate count until it holds topk blocks, then stays fixed
-            cap = min(self.topk, max(k, 2 * (buf.numel() // (2 * b * tb * h * d) if buf is not None else 0)))
-            buf = torch.empty(2 * b * cap * tb * h * d, dtype=dtype, device=idx.device)
-            self._scratch["gather"] = buf
-        out = buf[:need].view(2, b, k * tb, h, d)
-        if self.offload:
-            self.store.gather(idx, tb, out, self.gather, limit=cand_frames)
-        else:
-            kb = self.store.k.view(b, -1, tb, h, d)
-            vb = self.store.v.view(b, -1, tb, h, d)
-            gi = idx.permute(0, 2, 1)[:, :, None, :, None].expand(b, k, tb, h, d)
-            torch.gather(kb, 1, gi, out=out[0].view(b, k, tb, h, d))
-            torch.gather(vb, 1, gi, out=out[1].view(b, k, tb, h, d))
-        return out[0], out[1]
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def entries(self) -> list[Entry]:

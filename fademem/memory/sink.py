@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fademem.memory.base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
-from fademem.memory.registry import register
+from fademem.memory.registry import build_memory, register
 from fademem.memory.window import check_int, check_positions
 
 
@@ -43,6 +43,12 @@ class SinkMemory(Memory):
     budget: int = 9
     sink: int = 3
     positions: Literal["absolute", "compact"] = "absolute"
+
+    @classmethod
+    def at_budget(cls, budget: int) -> tuple[str, str | None]:
+        spec = f"{cls.name}:budget={budget},sink={min(3, budget - 1)}"
+        build_memory(spec)
+        return spec, None
 
     def validate(self) -> None:
         check_int(self.name, "budget", self.budget, 1)

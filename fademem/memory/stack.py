@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fademem.rope import WanRoPE
 from fademem.memory.base import Entry, Memory
 from fademem.memory.registry import build_memory
+from fademem.rope import WanRoPE
 
 
 class MemoryStack:

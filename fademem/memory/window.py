@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fademem.memory.base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
-from fademem.memory.registry import register
+from fademem.memory.registry import build_memory, register
 
 POSITION_MODES = ("absolute", "compact")
 
@@ -45,6 +45,12 @@ class WindowMemory(Memory):
 
     budget: int = 18
     positions: Literal["absolute", "compact"] = "absolute"
+
+    @classmethod
+    def at_budget(cls, budget: int) -> tuple[str, str | None]:
+        spec = f"{cls.name}:budget={budget}"
+        build_memory(spec)
+        return spec, None
 
     def validate(self) -> None:
         check_int(self.name, "budget", self.budget, 1)

@@ -30,11 +30,12 @@ the tests check it against the plain forward on the CPU.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import torch
 
 from fademem.memory.base import ChunkQuery
-from fademem.wan.model import attention
 from fademem.rope import apply_rotary
+from fademem.wan.model import attention
 
 
 class GraphedDenoiser:

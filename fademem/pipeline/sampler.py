@@ -32,14 +32,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
 
+from fademem.pipeline.chunk import Chunk
+from fademem.pipeline.decode import _DecodeQueue
+from fademem.pipeline.switches import _as_batch, latent_frames_for_seconds, parse_switch, plan_switches  # noqa: F401
 from fademem.wan.sampling import DEFAULT_SHIFT, DEFAULT_STEPS, FlowSchedule
 
 log = logging.getLogger(__name__)
@@ -70,42 +71,7 @@ class NonFiniteError(FloatingPointError):
     """The sampler produced NaN or inf values."""
 
 
-@dataclass
-class Chunk:
-    """One finished chunk, as ``VideoPipeline.generate`` yields it."""
-
-    index: int  # chunk number (0-based)
-    start: int  # first latent frame
-    latents: torch.Tensor  # clean latents [B, C, F, h, w] (model device and dtype)
-    frames: torch.Tensor | None  # decoded uint8 frames [B, T, H, W, 3] on the CPU, None without decoder
-    prompts: list[str] = field(default_factory=list)  # the prompts in effect (one per batch item)
-    recached: list[int] = field(default_factory=list)  # frames re-encoded by a switch before this chunk
-    cache_only: bool = False  # denoising skipped (generate(cache_only=...)): latents are its noise
-
-    @property
-    def num_frames(self) -> int:
-        return self.latents.shape[2]
-
-    @property
-    def end(self) -> int:
-        """One past the last latent frame."""
-        return self.start + self.num_frames
-
-
 # -- helpers -------------------------------------------------------------------------------------
-def latent_frames_for_seconds(seconds: float, fps: float = 16, temporal_stride: int = 4,
-                              frames_per_chunk: int = 3) -> int:
-    """Latent frames for a video of ``seconds``: video frames = fps * seconds (rounded up), latent
-    frames = ceil((frames + 3) / 4) (the causal VAE turns T latent frames into 4T - 3 video
-    frames), rounded up to whole chunks. 60 s at 16 fps: 960 frames -> 241 -> 243 latent frames
-    (969 video frames)."""
-    if not seconds > 0:
-        raise ValueError(f"seconds must be positive, got {seconds}")
-    frames = math.ceil(fps * seconds - 1e-9)
-    latent = math.ceil((frames + temporal_stride - 1) / temporal_stride)
-    return frames_per_chunk * math.ceil(latent / frames_per_chunk)
-
-
 def initial_noise(seed: int, shape: Sequence[int], frames_per_chunk: int = 3) -> torch.Tensor:
     """The initial noise [B, C, F, h, w] that ``generate(seed=seed)`` draws (CPU, float32)."""
     b, c, f, h, w = shape
@@ -131,103 +97,6 @@ def _num_layers(model) -> int:
     if blocks is not None:
         return len(blocks)
     raise ValueError("cannot tell the model's number of layers (no cfg.num_layers, no blocks)")
-
-
-def _as_batch(prompts, batch: int | None = None, what: str = "prompts") -> list[str]:
-    if isinstance(prompts, str):
-        prompts = [prompts] * (batch or 1)
-    prompts = [str(p) for p in prompts]
-    if not prompts:
-        raise ValueError(f"{what}: need at least one prompt")
-    if batch is not None and len(prompts) != batch:
-        raise ValueError(f"{what}: got {len(prompts)} prompts for a batch of {batch}")
-    return prompts
-
-
-def plan_switches(switches, num_frames: int, frames_per_chunk: int, batch: int) -> list[tuple[int, list[str]]]:
-    """Validate ``[(latent_frame, prompt | prompts), ...]``: frames are rounded up to the next chunk
-    boundary (as LongLive switches at the first chunk that starts at or after the given frame),
-    must stay strictly increasing and inside the video (0 < frame < num_frames)."""
-    plan: list[tuple[int, list[str]]] = []
-    for item in switches or ():
-        try:
-            frame, prompt = item
-        except (TypeError, ValueError):
-            raise ValueError(f"a switch is a (latent_frame, prompt) pair, got {item!r}") from None
-        if isinstance(frame, bool) or not isinstance(frame, int | float) or frame != int(frame):
-            raise ValueError(f"switch frame must be an integer latent-frame index, got {frame!r}")
-        frame = int(frame)
-        at = frames_per_chunk * math.ceil(frame / frames_per_chunk)
-        if at != frame:
-            log.warning("prompt switch at latent frame %d moved to the chunk boundary %d", frame, at)
-        if frame <= 0:
-            raise ValueError(f"switch at latent frame {frame}: a prompt for frame 0 is the initial prompt")
-        if at >= num_frames:
-            raise ValueError(f"switch at latent frame {frame} (chunk boundary {at}) is not inside the video "
-                             f"of {num_frames} latent frames")
-        if plan and at <= plan[-1][0]:
-            raise ValueError(f"switch frames must be strictly increasing after rounding to chunk boundaries "
-                             f"of {frames_per_chunk}: {plan[-1][0]} then {at} (given {frame})")
-        plan.append((at, _as_batch(prompt, batch, what=f"switch at frame {frame}")))
-    return plan
-
-
-class _DecodeQueue:
-    """Hands finished chunks to the decoder and gives them back, decoded, in order.
-
-    Sequential: ``put`` decodes at once and ``ready`` returns the chunk. Overlapped (CUDA): ``put``
-    queues the decode on a side stream that first waits for the main stream's work so far (the
-    chunk's latents are final there), and the chunk comes out of ``ready`` only at the next
-    ``put`` -- after the next chunk's DiT work has been queued on the main stream -- or at
-    ``drain``; its frames are then waited for. ``record_stream`` keeps the latents' memory from
-    being reused by the main stream while the side stream may still read it.
-    """
-
-    def __init__(self, decoder, device: torch.device, overlap: bool):
-        self.decoder = decoder
-        self.overlap = overlap and decoder is not None
-        self.side = torch.cuda.Stream(device) if self.overlap and device.type == "cuda" else None
-        self.pending: deque = deque()  # (chunk, pending frames)
-        self.out: list[Chunk] = []
-
-    def put(self, chunk: Chunk) -> None:
-        if self.decoder is None:
-            self.out.append(chunk)
-            return
-        if not self.overlap:
-            chunk.frames = self.decoder.decode(chunk.latents)
-            self.out.append(chunk)
-            return
-        done = self.drain()  # the previous chunk: its decode ran beside this chunk's DiT
-        self.out.extend(done)
-        self.pending.append((chunk, self._launch(chunk.latents)))
-
-    def _launch(self, latents: torch.Tensor):
-        start = getattr(self.decoder, "decode_async", None)
-        if self.side is None:
-            return start(latents) if callable(start) else self.decoder.decode(latents)
-        self.side.wait_stream(torch.cuda.current_stream(latents.device))
-        latents.record_stream(self.side)
-        with torch.cuda.stream(self.side):
-            return start(latents) if callable(start) else self.decoder.decode(latents)
-
-    def ready(self) -> list[Chunk]:
-        out, self.out = self.out, []
-        return out
-
-    def drain(self) -> list[Chunk]:
-        out = self.ready()
-        while self.pending:
-            chunk, frames = self.pending.popleft()
-            chunk.frames = frames.result() if hasattr(frames, "result") else frames
-            out.append(chunk)
-        return out
-
-    def close(self) -> None:
-        """Wait for decodes still in flight (a generator closed early)."""
-        if self.side is not None:
-            self.side.synchronize()
-        self.pending.clear()
 
 
 # -- the pipeline --------------------------------------------------------------------------------
@@ -517,56 +386,8 @@ class VideoPipeline:
         ``<stem>_<i><suffix>``. Returns the list of paths written (and the clean latents
         [B, C, F, h, w] on the CPU when ``return_latents``).
         """
-        from fademem.pipeline.video_io import VideoWriter
+        from fademem.pipeline.output import generate_video
 
-        if self.decoder is None:
-            raise ValueError("generate_video needs a decoder")
-        batch = len(_as_batch(prompts))
-        paths = _out_paths(out, batch)
-        latents = []
-        writers = [VideoWriter(p, fps=self.fps) for p in paths]
-        try:
-            for chunk in self.generate(prompts, num_frames, memory=memory, seed=seed, noise=noise,
-                                       switches=switches, latent_shape=latent_shape, progress=progress,
-                                       prefix=prefix):
-                for b, wr in enumerate(writers):
-                    wr.write(chunk.frames[b].numpy())
-                if return_latents:
-                    latents.append(chunk.latents.cpu())
-        finally:
-            for wr in writers:
-                wr.close()
-        if return_latents:
-            return paths, torch.cat(latents, dim=2)
-        return paths
-
-
-def _out_paths(out, batch: int) -> list[str]:
-    if isinstance(out, (str, os.PathLike)):
-        out = os.fspath(out)
-        if batch == 1:
-            return [out]
-        stem, ext = os.path.splitext(out)
-        return [f"{stem}_{i}{ext or '.mp4'}" for i in range(batch)]
-    paths = [os.fspath(p) for p in out]
-    if len(paths) != batch:
-        raise ValueError(f"got {len(paths)} output paths for a batch of {batch}")
-    return paths
-
-
-def parse_switch(spec: str, fps: float = 16, temporal_stride: int = 4) -> tuple[int, str]:
-    """``"FRAME:PROMPT"`` (latent frame) or ``"SECONDSs:PROMPT"`` (e.g. ``"15s:a dog runs"``; video
-    frame fps*seconds, which lies in latent frame ceil(frame / 4)) -> (latent_frame, prompt)."""
-    head, sep, prompt = spec.partition(":")
-    head, prompt = head.strip(), prompt.strip()
-    if not sep or not head or not prompt:
-        raise ValueError(f"a switch is FRAME:PROMPT (latent frame) or SECONDSs:PROMPT, got {spec!r}")
-    try:
-        if head.lower().endswith("s"):
-            seconds = float(head[:-1])
-            if seconds < 0:
-                raise ValueError
-            return math.ceil(round(fps * seconds, 6) / temporal_stride), prompt
-        return int(head), prompt
-    except ValueError:
-        raise ValueError(f"switch {spec!r}: {head!r} is neither a latent frame index nor seconds like '15s'") from None
+        return generate_video(self, prompts, num_frames, out=out, memory=memory, seed=seed, noise=noise,
+                              switches=switches, latent_shape=latent_shape, progress=progress,
+                              return_latents=return_latents, prefix=prefix)

@@ -7,13 +7,22 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import nn
 
-from fademem.wan.checkpoints_read import _MAX_LISTED, _WRAPPER_COMPONENTS, CheckpointError, PathLike, _listing, _open, _read_json, _read_safetensors
+from fademem.wan.checkpoints_files import (
+    _MAX_LISTED,
+    _WRAPPER_COMPONENTS,
+    CheckpointError,
+    PathLike,
+    _listing,
+    _read_json,
+    _read_safetensors,
+)
+from fademem.wan.checkpoints_read import _open
 
 log = logging.getLogger("fademem.wan.checkpoints")  # one logger for the checkpoint modules, as before the split
 

@@ -1,4 +1,9 @@
-"""The causal Wan2.1 DiT (Self-Forcing / LongLive / FadeMem backbone) in one file.
+"""The causal Wan2.1 DiT (Self-Forcing / LongLive / FadeMem backbone).
+
+This module assembles the model (``CausalWanModel``: embedding, blocks, head; the forward with or
+without a memory; the prompt-switch recache). Its configuration is in ``fademem.wan.config``, the
+layers (norms, modulation, attention, ``Block``, ``Head``) in ``fademem.wan.layers`` and the masks
+for full-sequence forwards in ``fademem.wan.masks``; all their names are re-exported here.
 
 Parameter names follow the original Wan release, so published state dicts load as they are
 (``fademem.wan.checkpoints_names`` converts to and from diffusers' names). There are no buffers: RoPE
@@ -30,311 +35,39 @@ compile a block once for all layers; ``attend`` runs outside the compiled graph.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from fademem.memory.base import ChunkQuery
 from fademem.rope import WanRoPE, apply_rotary
 
-# Replace with ``torch.compile(flex_attention)`` for fused kernels; the eager function works on
-# every device (CPU included) but materialises the score matrix.
-flex_attention_fn = flex_attention
-
-
-# ---------------------------------------------------------------------------------------------
-# Configuration
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class WanConfig:
-    dim: int
-    ffn_dim: int
-    num_heads: int
-    num_layers: int
-    in_dim: int = 16
-    out_dim: int = 16
-    text_dim: int = 4096
-    freq_dim: int = 256
-    patch_size: tuple[int, int, int] = (1, 2, 2)
-    text_len: int = 512
-    eps: float = 1e-6
-    qk_norm: bool = True
-    cross_attn_norm: bool = True
-    rope_theta: float = 10000.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
-        for name in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim",
-                     "freq_dim", "text_len"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"WanConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.dim % self.num_heads:
-            raise ValueError(f"WanConfig: dim {self.dim} is not divisible by num_heads {self.num_heads}")
-        if self.head_dim % 2 or self.head_dim < 6:
-            raise ValueError(f"WanConfig: head_dim {self.head_dim} must be even and >= 6 for 3D RoPE")
-        if self.freq_dim % 2:
-            raise ValueError(f"WanConfig: freq_dim must be even, got {self.freq_dim}")
-        if len(self.patch_size) != 3 or min(self.patch_size) <= 0:
-            raise ValueError(f"WanConfig: patch_size must be three positive ints, got {self.patch_size}")
-        if self.patch_size[0] != 1:
-            raise ValueError("WanConfig: the causal model works frame by frame; temporal patch must be 1")
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.num_heads
-
-    @classmethod
-    def wan_1_3b(cls, **overrides) -> WanConfig:
-        return cls(**{**dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30), **overrides})
-
-    @classmethod
-    def wan_14b(cls, **overrides) -> WanConfig:
-        return cls(**{**dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40), **overrides})
-
-    @classmethod
-    def tiny(cls, **overrides) -> WanConfig:
-        """A few-thousand-parameter model with the real architecture, for tests."""
-        base = dict(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=32, freq_dim=32, text_len=16)
-        return cls(**{**base, **overrides})
-
-    def replace(self, **changes) -> WanConfig:
-        return dataclasses.replace(self, **changes)
-
-
-# ---------------------------------------------------------------------------------------------
-# Small pieces
-# ---------------------------------------------------------------------------------------------
-def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Wan's timestep embedding: [cos, sin] of t * 10000^(-i/half), in float64. t: [...] -> [..., dim]."""
-    half = dim // 2
-    t = t.to(torch.float64)
-    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
-    ang = t[..., None] * freqs
-    return torch.cat([ang.cos(), ang.sin()], dim=-1)
-
-
-_F32_CACHE: dict[int, tuple] = {}
-
-
-def _f32(p: torch.Tensor | None) -> torch.Tensor | None:
-    """A float32 copy of a parameter, cached while the parameter is unchanged (inference only:
-    with autograd recording, the live ``p.float()`` keeps gradients flowing)."""
-    if p is None or p.dtype == torch.float32:
-        return p
-    if torch.is_grad_enabled() and p.requires_grad:
-        return p.float()
-    key = id(p)
-    hit = _F32_CACHE.get(key)
-    stamp = (p.data_ptr(), p._version, p.device, p.shape)
-    if hit is None or hit[0] is not p or hit[1] != stamp:
-        hit = (p, stamp, p.detach().float())
-        _F32_CACHE[key] = hit
-    return hit[2]
-
-
-def mlp32(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """Run a Linear/activation stack in float32 whatever the weights' dtype (Wan's time MLPs);
-    float32 copies of low-precision weights are cached between calls."""
-    x = x.float()
-    for m in seq:
-        if isinstance(m, nn.Linear):
-            x = F.linear(x, _f32(m.weight), _f32(m.bias))
-        else:
-            x = m(x)
-    return x
-
-
-class RMSNorm(nn.Module):
-    """Wan's RMSNorm over the full width: normalise in float32, round to the input dtype, then
-    scale in the model dtype (``F.rms_norm`` computes in float32 for low-precision inputs)."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * self.weight
-
-
-class LayerNorm32(nn.LayerNorm):
-    """LayerNorm computed in float32 (returns float32)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.float(), self.normalized_shape, _f32(self.weight), _f32(self.bias), self.eps)
-
-    def cast(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward(x).to(x.dtype)`` in one kernel: layer_norm computes low-precision inputs in
-        float32 (weights upcast exactly) and rounds once."""
-        if self.weight is not None and self.weight.dtype != x.dtype:
-            return self(x).to(x.dtype)
-        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
-    """[B, Lq, H, D] x [B, Lk, H, D] -> [B, Lq, H*D]; mask: None, bool/additive tensor or BlockMask."""
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    if isinstance(mask, BlockMask):
-        out = flex_attention_fn(q, k, v, block_mask=mask)
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return out.transpose(1, 2).flatten(2)
-
-
-def _needs_grad(*ts: torch.Tensor) -> bool:
-    """Training: the single-kernel ``out=`` forms below do not support autograd."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
-
-
-def modulate(x32: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
-             dtype: torch.dtype | None = None) -> torch.Tensor:
-    """x32 * (1 + scale) + shift in float32, returned in ``dtype`` (default float32).
-    x32: [B, F*N, D] float32; shift/scale: [B, F, 1, D], one vector per frame."""
-    b, n, d = x32.shape
-    f = shift.shape[1]
-    x4 = x32.view(b, f, n // f, d)
-    if torch.compiler.is_compiling() or dtype in (None, torch.float32) or _needs_grad(x32, shift, scale):
-        return (x4 * (1 + scale) + shift).view(b, n, d).to(dtype or torch.float32)
-    out = torch.empty((b, n, d), dtype=dtype, device=x32.device)
-    torch.addcmul(shift, x4, 1 + scale, out=out.view(b, f, n // f, d))  # float32 math, one rounding
-    return out
-
-
-def gated_add(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """x + y * gate in float32 (gate per frame), back to x's dtype (one kernel in eager)."""
-    b, n, d = x.shape
-    f = gate.shape[1]
-    if torch.compiler.is_compiling() or x.dtype == torch.float32 or _needs_grad(x, y, gate):
-        return (x.float() + (y.float().view(b, f, n // f, d) * gate).view(b, n, d)).to(x.dtype)
-    out = torch.empty_like(x)
-    torch.addcmul(x.view(b, f, n // f, d), y.view(b, f, n // f, d), gate, out=out.view(b, f, n // f, d))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Masks for full-sequence forwards (training, tests)
-# ---------------------------------------------------------------------------------------------
-def _frame_ok(num_frames: int, frames_per_block: int, budget: int | None, sink: int):
-    """Bool [F, F]: query frame i sees key frame j (block-causal, optionally sink + window)."""
-    i = torch.arange(num_frames)[:, None]
-    j = torch.arange(num_frames)[None, :]
-    start = (i // frames_per_block) * frames_per_block
-    ok = j < start + frames_per_block
-    if budget is not None:  # history: the first `sink` frames plus the newest budget - sink
-        ok &= (j >= start) | (j < sink) | (j >= start - (budget - sink))
-    return ok
-
-
-def block_causal_mask(num_frames: int, frames_per_block: int, tokens_per_frame: int,
-                      device: torch.device | str = "cpu") -> torch.Tensor:
-    """Dense bool [L, L] mask (True = attend): each block of frames sees itself and all earlier blocks."""
-    ok = _frame_ok(num_frames, frames_per_block, None, 0)
-    return ok.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1).to(device)
-
-
-def sink_window_mask(num_frames: int, frames_per_block: int, tokens_per_frame: int, budget: int,
-                     sink: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Dense bool [L, L] mask of the ``sink`` policy: each block sees itself, the first ``sink``
-    frames and the newest ``budget - sink`` earlier frames (``budget`` frames of history)."""
-    if not 0 <= sink <= budget:
-        raise ValueError(f"sink_window_mask: need 0 <= sink <= budget, got sink={sink}, budget={budget}")
-    ok = _frame_ok(num_frames, frames_per_block, budget, sink)
-    return ok.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1).to(device)
-
-
-def flex_block_causal_mask(num_frames: int, frames_per_block: int, tokens_per_frame: int,
-                           device: torch.device | str = "cpu") -> BlockMask:
-    """The block-causal mask as a flex_attention BlockMask (no padding needed in torch >= 2.5)."""
-    block = frames_per_block * tokens_per_frame
-    n = num_frames * tokens_per_frame
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return kv_idx // block <= q_idx // block
-
-    return create_block_mask(mask_mod, None, None, n, n, device=device)
-
-
-# ---------------------------------------------------------------------------------------------
-# Transformer
-# ---------------------------------------------------------------------------------------------
-class Attention(nn.Module):
-    """q/k/v/o projections with Wan's full-width RMSNorm on q and k."""
-
-    def __init__(self, cfg: WanConfig):
-        super().__init__()
-        d = cfg.dim
-        self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-        self.norm_q = RMSNorm(d, cfg.eps) if cfg.qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(d, cfg.eps) if cfg.qk_norm else nn.Identity()
-
-    def split(self, x: torch.Tensor) -> torch.Tensor:
-        return x.unflatten(-1, (self.heads, self.head_dim))  # [B, L, H, D]
-
-    def project_kv(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.split(self.norm_k(self.k(src))), self.split(self.v(src))
-
-
-class SelfAttention(Attention):
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalised q, k and v [B, L, H, D], no RoPE phase yet (``attend`` applies it)."""
-        k, v = self.project_kv(x)
-        return self.split(self.norm_q(self.q(x))), k, v
-
-
-@torch.compiler.disable
-def _call_attend(attend, q, k, v):
-    """Memory attention (RoPE, the policy's view, SDPA, memory writes) stays out of compiled graphs."""
-    return attend(q, k, v)
-
-
-class CrossAttention(Attention):
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        q = self.split(self.norm_q(self.q(x)))
-        return self.o(attention(q, k, v))
-
-
-class Block(nn.Module):
-    def __init__(self, cfg: WanConfig):
-        super().__init__()
-        d = cfg.dim
-        self.norm1 = LayerNorm32(d, eps=cfg.eps, elementwise_affine=False)
-        self.self_attn = SelfAttention(cfg)
-        self.norm3 = LayerNorm32(d, eps=cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
-        self.cross_attn = CrossAttention(cfg)
-        self.norm2 = LayerNorm32(d, eps=cfg.eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
-        self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
-
-    def forward(self, x, e0, ctx_k, ctx_v, attend):
-        """attend(q, k, v) -> [B, L, H*D]: q/k/v without RoPE phase (the model's memory attention)."""
-        # e0: [B, F, 6, D] float32 -> six [B, F, 1, D] vectors, one per frame
-        shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = \
-            (self.modulation.float()[:, None] + e0).chunk(6, dim=2)
-        q, k, v = self.self_attn(modulate(self.norm1(x), shift_msa, scale_msa, x.dtype))
-        y = self.self_attn.o(_call_attend(attend, q, k, v))
-        x = gated_add(x, y, gate_msa)
-        x = x + self.cross_attn(self.norm3.cast(x), ctx_k, ctx_v)
-        y = self.ffn(modulate(self.norm2(x), shift_ffn, scale_ffn, x.dtype))
-        return gated_add(x, y, gate_ffn)
-
-
-class Head(nn.Module):
-    def __init__(self, cfg: WanConfig):
-        super().__init__()
-        self.norm = LayerNorm32(cfg.dim, eps=cfg.eps, elementwise_affine=False)
-        self.head = nn.Linear(cfg.dim, math.prod(cfg.patch_size) * cfg.out_dim)
-        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
-
-    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        shift, scale = (self.modulation.float()[:, None] + e[:, :, None]).chunk(2, dim=2)
-        return self.head(modulate(self.norm(x), shift, scale, x.dtype))
+# The configuration, the layers and the masks live in their own modules; every name this module
+# had before the split is re-exported here (``from fademem.wan.model import attention`` etc.).
+from fademem.wan.config import WanConfig  # noqa: F401
+from fademem.wan.layers import (  # noqa: F401
+    _F32_CACHE,
+    Attention,
+    Block,
+    CrossAttention,
+    Head,
+    LayerNorm32,
+    RMSNorm,
+    SelfAttention,
+    _call_attend,
+    _f32,
+    _needs_grad,
+    attention,
+    flex_attention_fn,
+    gated_add,
+    mlp32,
+    modulate,
+    sinusoidal_embedding,
+)
+from fademem.wan.masks import _frame_ok, block_causal_mask, flex_block_causal_mask, sink_window_mask  # noqa: F401
 
 
 @dataclass

@@ -6,7 +6,27 @@
     lags = last_seen(spec, seed=0, num_frames=480)         # [T] frames since the content was last seen
 """
 
-from fademem.embedded.world.grammar import COLOURS, GRAMMAR, MAX_OBJECTS, MAX_PROMPT_WORDS, PAD_ID, SECONDS, SHAPES, SIZES, TEXTURES, VOCABULARY, CameraSpec, ObjectSpec, OccluderSpec, SceneSpec, detokenize, parse_prompt, sample_prompt, sample_scene, tokenize
+from fademem.embedded.world.grammar import (
+    COLOURS,
+    GRAMMAR,
+    MAX_OBJECTS,
+    MAX_PROMPT_WORDS,
+    PAD_ID,
+    SECONDS,
+    SHAPES,
+    SIZES,
+    TEXTURES,
+    VOCABULARY,
+    CameraSpec,
+    ObjectSpec,
+    OccluderSpec,
+    SceneSpec,
+    detokenize,
+    parse_prompt,
+    sample_prompt,
+    sample_scene,
+    tokenize,
+)
 from fademem.embedded.world.render import World, frame_at, iter_frames, render
 from fademem.embedded.world.revisit import BENCHMARK_SCENES, home_return_frames, last_seen, revisit_scene
 from fademem.embedded.world.scene import WORLD_WIDTH

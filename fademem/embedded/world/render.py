@@ -64,7 +64,8 @@ class World:
             y0, y1 = max(0, int((y - ext) * S)), min(S, math.ceil((y + ext) * S) + 1)
             d = SDF[o.shape]((self._centres[None, x0:x1] - sx) / r, (self._centres[y0:y1, None] - y) / r) * (r * S)
             alpha = np.clip(0.5 - d, 0.0, 1.0)[..., None]  # d in pixels: 1-px anti-aliased edge
-            colour = np.asarray(RGB[o.colour], np.float32) * (1 - 0.35 * np.clip(d + 1.5, 0, 1))[..., None]  # 1-px dark rim
+            # 1-px dark rim
+            colour = np.asarray(RGB[o.colour], np.float32) * (1 - 0.35 * np.clip(d + 1.5, 0, 1))[..., None]
             win = frame[y0:y1, x0:x1]
             win += alpha * (colour - win)
             top[y0:y1, x0:x1][alpha[..., 0] > 0.5] = k

@@ -28,7 +28,17 @@ import math
 
 import numpy as np
 
-from fademem.embedded.world.grammar import COLOURS, SECONDS, SHAPES, SIZES, TEXTURES, CameraSpec, ObjectSpec, SceneSpec, _rng
+from fademem.embedded.world.grammar import (
+    COLOURS,
+    SECONDS,
+    SHAPES,
+    SIZES,
+    TEXTURES,
+    CameraSpec,
+    ObjectSpec,
+    SceneSpec,
+    _rng,
+)
 from fademem.embedded.world.render import Scene, World, as_spec
 from fademem.embedded.world.scene import return_cycle
 
@@ -104,18 +114,22 @@ def revisit_scene(seed: int, gap_seconds: int | None = None, direction: str | No
 
 # Curated (prompt, seed) pairs: every revisit mechanism, gaps from 2 s to 64 s at any fps.
 BENCHMARK_SCENES: list[tuple[str, int]] = [
-    ("a large red circle standing still over a dotted green background, camera pans right and returns after 2 seconds", 0),
+    ("a large red circle standing still over a dotted green background, "
+     "camera pans right and returns after 2 seconds", 0),
     ("a medium blue square orbiting over a striped yellow background, camera pans left and returns after 4 seconds", 1),
     ("a small white star bouncing and a large pink ring standing still over a blotchy blue background, "
      "camera pans right and returns after 8 seconds", 2),
-    ("a large orange diamond standing still over a checkered cyan background, camera pans left and returns after 16 seconds", 3),
+    ("a large orange diamond standing still over a checkered cyan background, "
+     "camera pans left and returns after 16 seconds", 3),
     ("a medium yellow triangle orbiting and a small red cross standing still over a wavy purple background, "
      "camera pans right and returns after 32 seconds", 4),
-    ("a large cyan cross standing still over a dotted orange background, camera pans left and returns after 64 seconds", 5),
+    ("a large cyan cross standing still over a dotted orange background, "
+     "camera pans left and returns after 64 seconds", 5),
     ("a large green star leaving and returning after 8 seconds over a striped gray background, camera is static", 6),
     ("a medium purple circle leaving and returning after 32 seconds and a small yellow square standing still "
      "over a blotchy white background, camera is static", 7),
-    ("a large blue ring standing still over a checkered pink background, camera is static, a wide yellow curtain passes", 8),
+    ("a large blue ring standing still over a checkered pink background, "
+     "camera is static, a wide yellow curtain passes", 8),
     ("a medium red square drifting right over a dotted cyan background, camera is static", 9),
     ("a large white triangle standing still over a blotchy green background, camera steadily keeps panning right", 10),
     ("a small orange circle orbiting over a wavy blue background, camera slowly keeps panning left", 11),

@@ -1,0 +1,159 @@
+"""``fademem bench``: the benchmark group (speed, memory); each subcommand writes a JSON report."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group("bench")
+def bench() -> None:
+    """Benchmarks (speed, ...): each subcommand writes a JSON report."""
+
+
+@bench.command("speed")
+@click.option("--policies", default=",".join(("full", "window:budget=12", "sink:budget=12,sink=3", "memrope",
+                                               "fademem:budget=12")), show_default=True,
+              help="Memory specs, comma separated (a key=value after a comma continues the previous spec).")
+@click.option("--seconds", default=60.0, show_default=True, type=float,
+              help="Video length (16 fps, 4 video frames per latent frame).")
+@click.option("--full-max-frames", default=120, show_default=True, type=int,
+              help="Cap (latent frames) for the unbounded 'full' policy; 0 = no cap.")
+@click.option("--long-policies", default="", help="Specs run for --long-seconds in the timed mode (see --timed-every).")
+@click.option("--long-seconds", default=600.0, show_default=True, type=float)
+@click.option("--timed-every", default=None, type=float,
+              help="Timed mode: time windows of --timed-chunks chunks every N seconds of video (and the first "
+                   "--timed-first chunks and the last window); the other chunks run only the cache-writing forward. "
+                   "Applies to --long-policies (default 60) and, when given, to --policies.")
+@click.option("--timed-chunks", default=4, show_default=True, type=int, help="Chunks per timed window.")
+@click.option("--timed-first", default=40, show_default=True, type=int,
+              help="Chunks timed at the start of a timed-mode run.")
+@click.option("--e2e-policies", default="", help="Specs run end to end: DiT + streaming decode by a random-weight "
+                                                 "Wan2.1 VAE (needs diffusers).")
+@click.option("--e2e-seconds", default=7.5, show_default=True, type=float)
+@click.option("--overlap", default="both", show_default=True, type=click.Choice(["off", "on", "both"]),
+              help="End to end: decode in place, on a side stream overlapped with the next chunk, or both "
+                   "(both on the first --e2e-policies spec).")
+@click.option("--vae", "vae_kind", default="wan2.1", show_default=True, type=click.Choice(["wan2.1", "tiny"]),
+              help="VAE configuration for --e2e-policies (tiny: tests).")
+@click.option("--config", "config_name", default="1.3b", show_default=True, type=click.Choice(["1.3b", "14b", "tiny"]))
+@click.option("--latent", default="16x60x104", show_default=True, help="Latent C x h x w (480x832 video: 16x60x104).")
+@click.option("--device", default="cuda", show_default=True)
+@click.option("--dtype", default="bfloat16", show_default=True, type=click.Choice(["bfloat16", "float16", "float32"]))
+@click.option("--warmup", default=3, show_default=True, type=int,
+              help="Chunks left out of the steady-state statistics.")
+@click.option("--sdpa", default="auto", show_default=True,
+              type=click.Choice(["auto", "cudnn", "flash", "efficient", "math"]),
+              help="SDPA backend for the policy sweep.")
+@click.option("--compile", "compile_mode", default="none", show_default=True,
+              type=click.Choice(["none", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"]),
+              help="Regional torch.compile of the memory-free block parts for the policy sweep.")
+@click.option("--variants", default="", help="Extra runs of --variant-policy, e.g. 'eager,graph,sdpa=cudnn,"
+                                             "compile=default' ('graph': CUDA-graph replay of the denoising "
+                                             "forwards; parts join with '+'); the first is the baseline.")
+@click.option("--variant-policy", default="fademem:budget=12", show_default=True)
+@click.option("--variant-seconds", default=15.0, show_default=True, type=float)
+@click.option("--time-budget", default=None, type=float,
+              help="Seconds: a part that would not fit (forecast from the chunk costs measured so far) is skipped "
+                   "and listed; a run still going at the limit stops early.")
+@click.option("--no-peak", is_flag=True, help="Skip the 8192^3 matmul peak measurement.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="JSON report; the plot goes next to it (.png).")
+@click.option("--plot/--no-plot", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def bench_speed(policies, seconds, full_max_frames, long_policies, long_seconds, timed_every, timed_chunks, timed_first,
+                e2e_policies, e2e_seconds, overlap, vae_kind, config_name, latent, device, dtype, warmup, sdpa,
+                compile_mode, variants, variant_policy, variant_seconds, time_budget, no_peak, seed, out, plot,
+                progress):
+    """DiT speed per memory policy at equal visible context: latency, fps, memory, TFLOP/s vs video length;
+    10-minute runs in the timed mode, end to end with VAE decode, speed-option variants."""
+    import os
+
+    from fademem.bench import speed as sp
+
+    try:
+        lat = tuple(int(v) for v in latent.lower().split("x"))
+        if len(lat) != 3 or min(lat) <= 0:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"expected CxHxW, got {latent!r}", param_hint="--latent") from None
+    try:
+        setup = sp.SpeedSetup(config=config_name, latent=lat, device=device, dtype=dtype, seed=seed, warmup=warmup,
+                              sdpa=sdpa, compile=compile_mode)
+        run = sp.SpeedRun(setup=setup, policies=sp.parse_list(policies), seconds=seconds,
+                          full_max_frames=full_max_frames or None, timed_every_s=timed_every,
+                          timed_window=timed_chunks, timed_first=timed_first,
+                          long_policies=sp.parse_list(long_policies), long_seconds=long_seconds,
+                          e2e_policies=sp.parse_list(e2e_policies), e2e_seconds=e2e_seconds, overlap=overlap,
+                          vae=vae_kind, variants=sp.parse_list(variants), variant_policy=variant_policy,
+                          variant_seconds=variant_seconds, time_budget_s=time_budget, measure_peak=not no_peak,
+                          progress=progress)
+        report = sp.run_speed(run, log=click.echo)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    sp.write_json(report, out)
+    click.echo(sp.format_table(report))
+    click.echo(f"wrote {out}")
+    if plot:
+        png = sp.plot(report, os.path.splitext(out)[0] + ".png")
+        click.echo(f"wrote {png}")
+
+
+@bench.command("memory")
+@click.option("--policies", default="full,window,sink,memrope,fademem", show_default=True,
+              help="Policies: bare names get --budget history frames (memrope: recent=budget-5); specs with knobs "
+                   "(e.g. window:budget=6) run as given. A key=value after a comma continues the previous spec.")
+@click.option("--episodes", default=4, show_default=True, type=int,
+              help="Episodes: the 13 BENCHMARK_SCENES in order (or --scenes), then revisit_scene(seed+i).")
+@click.option("--budget", default=12, show_default=True, type=int, help="History latent frames per bounded policy.")
+@click.option("--seconds", default=40.0, show_default=True, type=float, help="Episode length (8 fps).")
+@click.option("--opening-seconds", default=6.0, show_default=True, type=float,
+              help="True opening, teacher-forced into the memory before generation.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--weights", default=None, type=click.Path(dir_okay=False),
+              help="Embedded-model file (default: the shipped fademem/assets/embedded.safetensors).")
+@click.option("--out", "out_dir", default="bench_memory", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder: memory.json, memory.png, memory.txt.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Episode i uses noise seed seed+i.")
+@click.option("--steps", default="1000,750,500,250", show_default=True, help="Nominal denoising timesteps.")
+@click.option("--batch", default=0, show_default=True, type=int,
+              help="Episodes per batch (0: all in one batch; the same grouping for every policy).")
+@click.option("--scenes", default="", help="Benchmark scene indices for the first episodes, e.g. '0,1,2,3'.")
+@click.option("--long-lag-seconds", default=8.0, show_default=True, type=float, help="'Long lag' threshold.")
+@click.option("--threads", default=None, type=int, help="torch.set_num_threads (CPU).")
+@click.option("--plot/--no-plot", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, dtype, weights, out_dir, seed, steps,
+                 batch, scenes, long_lag_seconds, threads, plot, progress):
+    """Long-memory quality vs ground truth: true opening, then generation; PSNR/SSIM by revisit lag."""
+    import os
+
+    import torch
+
+    from fademem.bench import memory as bm
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        step_list = tuple(float(v) for v in steps.split(",") if v.strip())
+        scene_list = [int(v) for v in scenes.split(",") if v.strip()] or None
+    except ValueError:
+        raise click.BadParameter("expected comma-separated numbers", param_hint="--steps/--scenes") from None
+    try:
+        run = bm.MemoryRun(policies=bm.parse_policies(policies), episodes=episodes, budget=budget, seconds=seconds,
+                           opening_seconds=opening_seconds, device=device, dtype=dtype, weights=weights, seed=seed,
+                           steps=step_list, batch=batch, scenes=scene_list, long_lag_seconds=long_lag_seconds,
+                           progress=progress)
+        bm.validate(run)
+        report = bm.run_memory(run, log=click.echo)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    os.makedirs(out_dir, exist_ok=True)
+    table = bm.format_table(report)
+    click.echo(f"wrote {bm.write_json(report, os.path.join(out_dir, 'memory.json'))}")
+    with open(os.path.join(out_dir, "memory.txt"), "w") as fh:
+        fh.write(table + "\n")
+    if plot:
+        click.echo(f"wrote {bm.plot(report, os.path.join(out_dir, 'memory.png'))}")
+    click.echo(table)
