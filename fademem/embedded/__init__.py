@@ -4,11 +4,23 @@
 is ``fademem.pipeline.embedded_pipeline()`` (the pipeline layer sits above the generators).
 """
 
-from fademem.embedded.bundle import (ASSET, EmbeddedBundle, EmbeddedConfig, PixelCodec, WordTextEncoder, build,
-                                     default_path, latent_shape, load, opening, save)
+from fademem.embedded.bundle import (
+    ASSET,
+    EmbeddedBundle,
+    EmbeddedConfig,
+    PixelCodec,
+    SamplingSchedule,
+    WordTextEncoder,
+    build,
+    default_path,
+    latent_shape,
+    load,
+    opening,
+    save,
+)
 
-__all__ = ["ASSET", "EmbeddedBundle", "EmbeddedConfig", "PixelCodec", "WordTextEncoder", "build", "default_path",
-           "latent_shape", "load", "opening", "save"]
+__all__ = ["ASSET", "EmbeddedBundle", "EmbeddedConfig", "PixelCodec", "SamplingSchedule", "WordTextEncoder", "build",
+           "default_path", "latent_shape", "load", "opening", "save"]
 
 
 def __getattr__(name: str):

@@ -19,7 +19,14 @@ the relative distances (up to minutes), the gaps and the squeezed layouts that e
 produces at inference, without ever running a 10-minute rollout. Context frames get a little
 noise (``context_noise``) so the model tolerates its own imperfect history. The loss is the
 flow-matching loss measured on x0 (what the few-step sampler outputs), with noise levels drawn
-mostly from the sampler's four levels.
+mostly from the sampler's own levels.
+
+Latent space: the frames go through the bundle's codec on the training device (batched, no grad):
+folded pixels (``codec=None``, v1) or a frozen ``LatentCodec`` file (``codec=path``, saved inside the
+resulting bundle). Sampling schedule: ``sample_steps=4`` trains for the default four steps
+(1000, 750, 500, 250); more (e.g. 32) trains a flow-matching teacher sampled with that many uniform
+steps (warped by ``sample_shift``), to be distilled (``fademem.embedded.distill``). The saved file
+records the schedule, and ``embedded_pipeline`` samples with it.
 """
 
 from __future__ import annotations
@@ -36,6 +43,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
 from fademem import embedded
+from fademem.embedded.bundle import (
+    EmbeddedBundle,
+    EmbeddedConfig,
+    SamplingSchedule,
+    build,
+    config_for_codec,
+    latent_shape,
+    save,
+)
+from fademem.embedded.bundle import load as load_bundle
 from fademem.wan.sampling import FlowSchedule
 
 CHUNK = 3
@@ -65,12 +82,16 @@ class TrainConfig:
     ffn: int = 1024
     log_every: int = 100
     time_limit: float | None = None  # seconds; stop early (and save) to fit a GPU lease
-    init: str | None = None  # continue from these embedded weights (same config)
+    init: str | None = None  # continue from this bundle (its DiT architecture, text encoder and codec)
+    codec: str | None = None  # a LatentCodec file (fademem.embedded.autoencoder.save_codec); None = pixels
+    sample_steps: int = 4  # the sampling schedule trained for: n uniform nominal steps (4 = the default)
+    sample_shift: float = 5.0  # its shift (also the warp of the uniformly drawn noise levels)
+    checkpoint_every: float | None = None  # seconds; also save the (EMA) bundle this often while training
 
 
 # -- context rules ----------------------------------------------------------------------------------
 def _fademem_frames(start: int, rng: np.random.Generator, max_context: int) -> tuple[list[int], list[float]]:
-    from fademem.analysis.schedule import simulate
+    from fademem.memory.fademem import simulate
 
     budget = int(rng.integers(4, max_context + 1))
     beta = float(rng.choice([0.3, 0.5, 0.7, 1.0]))
@@ -150,18 +171,41 @@ class WorldBatches(IterableDataset):
             else:
                 target_pos = [float(start + i) for i in range(CHUNK)]
             want = np.asarray(idx + [start + i for i in range(CHUNK)])
-            video = np.empty((cfg.batch, len(want), self.size, self.size, 3), np.float32)
+            # uint8: a quarter of the bytes through worker IPC; each frame is quantised as it is written
+            # (the same values as quantising the whole float batch, without the float batch)
+            video = np.empty((cfg.batch, len(want), self.size, self.size, 3), np.uint8)
             ids = np.zeros((cfg.batch, self.text_len), np.int64)
             for b in range(cfg.batch):
                 world, ids[b] = pool[int(rng.integers(len(pool)))]
                 offset = int(rng.integers(0, 4 * cfg.max_history))  # any stretch of the (endless) video
                 for j, t in enumerate(want + offset):
-                    video[b, j] = world.frame_at(int(t))
+                    f = world.frame_at(int(t))
+                    f *= 255
+                    f += 0.5
+                    video[b, j] = f
             chunks = [i // CHUNK for i in idx] + [start // CHUNK] * CHUNK
-            video = (video * 255 + 0.5).astype(np.uint8)  # a quarter of the bytes through worker IPC
             yield {"video": torch.from_numpy(video), "ids": torch.from_numpy(ids),
                    "positions": torch.tensor(pos + target_pos, dtype=torch.float32),
                    "chunks": torch.tensor(chunks), "n_ctx": len(idx), "kind": kind}
+
+
+def data_throughput(cfg: TrainConfig, seconds: float = 10.0, ecfg: EmbeddedConfig | None = None) -> dict:
+    """Batches (and frames) per second that ``cfg.workers`` rendering processes deliver through the
+    training DataLoader (after the first batch, i.e. without worker start-up). For picking ``workers``:
+    the GPU needs about as many batches/s as it trains steps/s."""
+    loader = DataLoader(WorldBatches(cfg, ecfg or EmbeddedConfig()), batch_size=None, num_workers=cfg.workers,
+                        persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+    it = iter(loader)
+    t_start = time.time()
+    next(it)
+    t0, n, frames = time.time(), 0, 0
+    while time.time() - t0 < seconds:
+        b = next(it)
+        n, frames = n + 1, frames + b["video"].shape[0] * b["video"].shape[1]
+    dt = time.time() - t0
+    del it
+    return {"workers": cfg.workers, "batch": cfg.batch, "startup_s": round(t0 - t_start, 2),
+            "batches_per_s": round(n / dt, 2), "frames_per_s": round(frames / dt)}
 
 
 def degrade(frames: torch.Tensor, n_ctx: int, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -199,14 +243,15 @@ def frame_mask(chunks: torch.Tensor, n_ctx: int) -> torch.Tensor:
     return m.reshape(f, f)
 
 
-def target_sigmas(b: int, schedule_p: float, sched_sigmas: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def target_sigmas(b: int, schedule_p: float, sched_sigmas: torch.Tensor, gen: torch.Generator,
+                  shift: float = 5.0) -> torch.Tensor:
     """[b] noise levels of target chunks: the sampler's own levels with probability ``schedule_p``,
-    else a shifted uniform draw (shift 5, as the sampler's warp) over (0, 1)."""
+    else a shifted uniform draw (``shift``, as the sampler's warp) over (0, 1)."""
     device = sched_sigmas.device
     pick = torch.rand(b, device=device, generator=gen) < schedule_p
     u = torch.rand(b, device=device, generator=gen)
     return torch.where(pick, sched_sigmas[torch.randint(len(sched_sigmas), (b,), device=device, generator=gen)],
-                       5 * u / (1 + 4 * u))
+                       shift * u / (1 + (shift - 1) * u))
 
 
 def _lr(step: int, elapsed: float, cfg: TrainConfig) -> float:
@@ -219,37 +264,110 @@ def _lr(step: int, elapsed: float, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
 
+def training_schedule(cfg: TrainConfig) -> SamplingSchedule:
+    """The sampling schedule a run trains for (and records in the saved file)."""
+    return SamplingSchedule.uniform(cfg.sample_steps, cfg.sample_shift, kind="flow-matching")
+
+
+def load_codec_file(path: str | Path):
+    """A frozen LatentCodec from its file (``fademem.embedded.autoencoder.save_codec``)."""
+    from fademem.embedded.autoencoder import load_codec
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"codec file not found: {path}")
+    return load_codec(path).eval().requires_grad_(False)
+
+
+def build_for_training(cfg: TrainConfig) -> EmbeddedBundle:
+    """The bundle a run starts from: fresh (``cfg.codec`` or pixels, ``cfg.dim``...), or ``cfg.init``'s
+    weights, architecture and codec (a ``cfg.codec`` given with ``init`` must give the same latents)."""
+    codec = load_codec_file(cfg.codec) if cfg.codec else None
+    if not cfg.init:
+        ecfg = EmbeddedConfig() if codec is None else config_for_codec(EmbeddedConfig(), codec)
+        return build(ecfg, ecfg.dit_config(cfg.dim, cfg.layers, cfg.heads, cfg.ffn), codec=codec)
+    init = load_bundle(cfg.init)
+    if codec is None:
+        codec = None if init.cfg.codec == "pixel" else init.codec
+    else:
+        got = config_for_codec(init.cfg, codec)
+        if (got.channels, got.latent_hw) != (init.cfg.channels, init.cfg.latent_hw):
+            raise ValueError(f"--init {cfg.init} works on [{init.cfg.channels}, {init.cfg.latent_hw}, "
+                             f"{init.cfg.latent_hw}] latents ({init.cfg.codec}), the codec {cfg.codec} gives "
+                             f"[{got.channels}, {got.latent_hw}, {got.latent_hw}]")
+    bundle = build(init.cfg, init.model.config, codec=codec)
+    bundle.model.load_state_dict(init.model.state_dict())
+    bundle.text.load_state_dict(init.text.state_dict())
+    return bundle
+
+
+@torch.no_grad()
+def encode_frames(codec, frames: torch.Tensor, batch: int = 0) -> torch.Tensor:
+    """frames [B, F, H, W, 3] (float [0, 1] or uint8, on the training device) -> latents [B, C, F, h, w]
+    through the frozen codec, ``batch`` examples per call (0: all at once)."""
+    if not batch or frames.shape[0] <= batch:
+        return codec.encode(frames).float()
+    return torch.cat([codec.encode(frames[i:i + batch]).float() for i in range(0, frames.shape[0], batch)])
+
+
+def _save_ema(bundle: EmbeddedBundle, params, ema, out, info: dict, schedule: SamplingSchedule) -> None:
+    """Save with the EMA weights swapped in, then restore the live ones."""
+    with torch.no_grad():
+        live = [p.detach().clone() for p in params]
+        for p, e in zip(params, ema):
+            p.copy_(e)
+        save(bundle, out, info=info, schedule=schedule)
+        for p, v in zip(params, live):
+            p.copy_(v)
+    Path(str(out) + ".json").write_text(json.dumps(info, indent=1))
+
+
 def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) -> dict:
     torch.manual_seed(cfg.seed)
-    ecfg = embedded.EmbeddedConfig()
-    bundle = embedded.build(ecfg, ecfg.dit_config(cfg.dim, cfg.layers, cfg.heads, cfg.ffn))
-    if cfg.init:
-        init = embedded.load(cfg.init)
-        bundle.model.load_state_dict(init.model.state_dict())
-        bundle.text.load_state_dict(init.text.state_dict())
-    model, text, codec = bundle.model.to(device).train().requires_grad_(True), bundle.text.to(device).train(), bundle.codec
+    bundle = build_for_training(cfg)
+    ecfg = bundle.cfg
+    schedule = training_schedule(cfg)
+    bundle.schedule = schedule
+    codec = bundle.codec
+    if isinstance(codec, torch.nn.Module):
+        codec.to(device).eval().requires_grad_(False)
+    model, text = bundle.model.to(device).train().requires_grad_(True), bundle.text.to(device).train()
     params = list(model.parameters()) + list(text.parameters())
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     tokens_per_frame = (ecfg.latent_hw // 2) ** 2
-    sched_sigmas = torch.tensor(FlowSchedule().sigmas, device=device)
+    sched_sigmas = torch.tensor(FlowSchedule(schedule.steps, schedule.shift).sigmas, device=device)
     loader = DataLoader(WorldBatches(cfg, ecfg), batch_size=None,
                         num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
                         prefetch_factor=4 if cfg.workers else None, pin_memory=device.startswith("cuda"))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast(
         "cpu", enabled=False)
     t0, history, step = time.time(), [], 0
+    last_ckpt = t0
+
+    def record(steps_done: int) -> dict:
+        return {"train": asdict(cfg), "steps_done": steps_done, "seconds": round(time.time() - t0, 1),
+                "history": history, "codec": ecfg.codec, "latent": list(latent_shape(ecfg)),
+                "schedule": json.loads(schedule.to_json()),
+                "device": torch.cuda.get_device_name() if device.startswith("cuda") else device}
+
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     for step, batch in enumerate(loader):
         if step >= cfg.steps or (cfg.time_limit and time.time() - t0 > cfg.time_limit):
             break
+        if cfg.checkpoint_every and time.time() - last_ckpt > cfg.checkpoint_every:
+            _save_ema(bundle, params, ema, out, record(step), schedule)
+            last_ckpt = time.time()
         n_ctx = batch["n_ctx"]
         frames = batch["video"].to(device, non_blocking=True).float() / 255.0
-        x0 = codec.encode(frames)  # [B, C, F, h, w]: the clean targets
-        x_in = codec.encode(degrade(frames, n_ctx, cfg.degrade_p, gen)) if n_ctx else x0
+        x0 = encode_frames(codec, frames)  # [B, C, F, h, w]: the clean targets
+        if n_ctx:  # context (possibly blurred like the model's own outputs) encoded once more, targets reused
+            x_in = torch.cat([encode_frames(codec, degrade(frames[:, :n_ctx], n_ctx, cfg.degrade_p, gen)),
+                              x0[:, :, n_ctx:]], dim=2)
+        else:
+            x_in = x0
         b, f = x0.shape[0], x0.shape[2]
         # noise level of the target chunk: mostly the sampler's own levels
-        sigma = target_sigmas(b, cfg.schedule_p, sched_sigmas, gen)
+        sigma = target_sigmas(b, cfg.schedule_p, sched_sigmas, gen, cfg.sample_shift)
         sig_f = torch.zeros(b, f, device=device)
         sig_f[:, n_ctx:] = sigma[:, None]
         sig_f[:, :n_ctx] = cfg.context_noise * torch.rand(b, 1, device=device, generator=gen)
@@ -280,8 +398,7 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) ->
     with torch.no_grad():
         for p, e in zip(params, ema):
             p.copy_(e)
-    info = {"train": asdict(cfg), "steps_done": step, "seconds": round(time.time() - t0, 1),
-            "history": history, "device": torch.cuda.get_device_name() if device.startswith("cuda") else device}
-    embedded.save(bundle, out, info=info)
+    info = record(step)
+    save(bundle, out, info=info, schedule=schedule)
     Path(str(out) + ".json").write_text(json.dumps(info, indent=1))
     return info

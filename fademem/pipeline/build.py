@@ -56,11 +56,29 @@ def load_wan_pipeline(checkpoint, wan_dir, *, lora=(), config=None, device: str 
 
 
 
-def embedded_pipeline(bundle=None, device="cpu", dtype=torch.float32, **kwargs) -> VideoPipeline:
-    """A ``VideoPipeline`` over the embedded model (shipped weights unless a bundle is given)."""
+def embedded_pipeline(bundle=None, device="cpu", dtype=torch.float32, *, override_schedule: bool = False,
+                      **kwargs) -> VideoPipeline:
+    """A ``VideoPipeline`` over the embedded model (shipped weights unless a bundle is given).
+
+    It samples with the schedule the model file records (``bundle.schedule``: the steps and shift the
+    model was trained or distilled for; v1 files: the default four steps, shift 5). Passing ``steps``
+    or ``shift`` that differ from it raises ValueError naming both, unless ``override_schedule=True``
+    (for experiments that sample a model off its schedule on purpose).
+    """
     from fademem.embedded import load
 
     bundle = bundle or load(device=device, dtype=dtype)
+    schedule = getattr(bundle, "schedule", None)
+    if schedule is not None:
+        steps = tuple(float(s) for s in kwargs.get("steps", schedule.steps))
+        shift = float(kwargs.get("shift", schedule.shift))
+        if not override_schedule and not schedule.matches(steps, shift):
+            asked = ", ".join(f"{s:g}" for s in steps) if len(steps) <= 8 else f"{len(steps)} steps"
+            raise ValueError(f"the embedded model was trained for {schedule.describe()}, but the pipeline was "
+                             f"asked to sample with steps ({asked}), shift {shift:g}: a model sampled off its "
+                             "schedule gives wrong videos. Leave steps/shift out to use the file's schedule, or "
+                             "pass override_schedule=True to sample off it on purpose.")
+        kwargs["steps"], kwargs["shift"] = steps, shift
     return VideoPipeline(bundle.model, bundle.text, bundle.codec, **kwargs)
 
 

@@ -1,0 +1,211 @@
+"""Few-step distillation of a flow-matching teacher bundle into a 4-step student (embedded v2).
+
+A teacher trained by ``fademem.embedded.train`` with many uniform sampling steps (``sample_steps=32``)
+samples sharp videos with its multi-step ODE but only a blurred posterior mean in four steps. This
+module trains a student (initialised from the teacher) for the distilled schedule the pipeline
+samples with -- nominal (1000, 750, 500, 250), shift 5, i.e. warped timesteps
+(1000, 937.5, 833.3, 625), plus the t=0 cache-writing pass -- and saves a bundle that records
+that schedule (``kind="distilled-4step"``).
+
+Method (a first step towards the Self-Forcing recipe; trajectory / consistency distillation, not DMD):
+each example is the training loop's memory-shaped example (a target chunk after a context of clean,
+possibly blurred, earlier frames at the positions a memory rule gives them). One of the four student
+levels ``s_k`` is drawn per batch; the student's input at that level is
+
+* ``k = 0``: pure noise ``z`` (what the sampler starts from);
+* ``k > 0``: the clean target re-noised to ``s_k`` with fresh noise, as the sampler re-noises its
+  previous prediction, ``x = (1 - s_k) x0 + s_k eps``;
+
+and its regression target is the teacher's deterministic flow ODE solution from that input (Euler over
+the teacher's own recorded levels below ``s_k``, then to 0), with the same context and mask. So the
+student learns, in one forward per level, the sample the teacher's many-step ODE would give (a point
+on the data manifold), not the mean over all of them. The teacher runs under no grad; the context is
+the same for both. Not done here (next steps): the student's own autoregressive rollout in the loop
+and distribution matching (DMD with a fake-score critic).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from fademem.embedded.bundle import SamplingSchedule, build, latent_shape, load, save
+from fademem.embedded.train import TrainConfig, WorldBatches, _save_ema, degrade, encode_frames, frame_mask
+from fademem.wan.sampling import FlowSchedule
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = ""  # a flow-matching bundle (fademem.embedded.train with sample_steps > 4)
+    steps: int = 5000
+    batch: int = 32
+    lr: float = 5e-5
+    warmup: int = 100
+    weight_decay: float = 0.0
+    ema: float = 0.99
+    teacher_steps: int | None = None  # ODE steps of the teacher over (0, 1]; None = its recorded schedule
+    max_history: int = 600
+    max_context: int = 24
+    context_noise: float = 0.1
+    degrade_p: float = 0.5
+    compact_p: float = 0.25
+    seed: int = 0
+    workers: int = 4
+    pool: int = 96
+    refresh: int = 4
+    log_every: int = 100
+    time_limit: float | None = None  # seconds; stop early (and save)
+    checkpoint_every: float | None = None  # seconds; also save the (EMA) student this often
+
+    def data_config(self) -> TrainConfig:
+        return TrainConfig(batch=self.batch, seed=self.seed, workers=self.workers, pool=self.pool,
+                           refresh=self.refresh, max_history=self.max_history, max_context=self.max_context,
+                           compact_p=self.compact_p, context_noise=self.context_noise, degrade_p=self.degrade_p)
+
+
+def teacher_sigmas(teacher: SamplingSchedule, n: int | None = None) -> list[float]:
+    """The teacher's ODE levels (descending, in (0, 1]): its recorded schedule, or ``n`` uniform steps warped
+    by its shift."""
+    sched = teacher if n is None else SamplingSchedule.uniform(n, teacher.shift)
+    return list(FlowSchedule(sched.steps, sched.shift).sigmas)
+
+
+def ode_path(start: float, levels: list[float]) -> list[float]:
+    """[start, the teacher levels strictly below start..., 0]."""
+    return [start] + [s for s in levels if s < start - 1e-6] + [0.0]
+
+
+@torch.no_grad()
+def teacher_ode(model, x: torch.Tensor, n_ctx: int, ctx_sig: torch.Tensor, path: list[float], context,
+                positions, mask, amp) -> torch.Tensor:
+    """Euler-integrate the teacher's flow for the target frames (``x[:, :, n_ctx:]``) along ``path``
+    (noise levels, descending to 0), the context frames held fixed. Returns the target's x0 [B, C, F', h, w]."""
+    b, f = x.shape[0], x.shape[2]
+    x = x.clone()
+    for s, s_next in zip(path, path[1:]):
+        sig_f = torch.zeros(b, f, device=x.device)
+        sig_f[:, :n_ctx] = ctx_sig
+        sig_f[:, n_ctx:] = s
+        with amp:
+            v = model(x, sig_f * 1000, context, positions=positions, attn_mask=mask)
+        x[:, :, n_ctx:] = x[:, :, n_ctx:] + (s_next - s) * v[:, :, n_ctx:].float()
+    return x[:, :, n_ctx:]
+
+
+def _lr(step: int, elapsed: float, cfg: DistillConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if cfg.time_limit:
+        p = max(p, elapsed / cfg.time_limit)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print) -> dict:
+    """Distill ``cfg.teacher`` into a 4-step student saved at ``out`` (its schedule: ``distilled-4step``)."""
+    if not cfg.teacher:
+        raise ValueError("distill needs a teacher bundle (DistillConfig(teacher=path))")
+    torch.manual_seed(cfg.seed)
+    teacher = load(cfg.teacher)
+    if teacher.schedule.kind != "flow-matching":
+        raise ValueError(f"the teacher {cfg.teacher} is {teacher.schedule.describe()}: distill a flow-matching "
+                         "teacher (fademem.embedded.train with sample_steps > 4)")
+    student_schedule = SamplingSchedule.distilled()
+    levels = teacher_sigmas(teacher.schedule, cfg.teacher_steps)
+    student = build(teacher.cfg, teacher.model.config,
+                    codec=None if teacher.cfg.codec == "pixel" else teacher.codec, schedule=student_schedule)
+    student.cfg = teacher.cfg
+    student.model.load_state_dict(teacher.model.state_dict())
+    student.text.load_state_dict(teacher.text.state_dict())
+    codec = student.codec
+    if isinstance(codec, torch.nn.Module):
+        codec.to(device).eval().requires_grad_(False)
+    t_model = teacher.model.to(device).eval().requires_grad_(False)
+    t_text = teacher.text.to(device).eval().requires_grad_(False)
+    model, text = student.model.to(device).train().requires_grad_(True), student.text.to(device).train()
+    params = list(model.parameters()) + list(text.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    tokens_per_frame = (student.cfg.latent_hw // 2) ** 2
+    s_levels = list(FlowSchedule(student_schedule.steps, student_schedule.shift).sigmas)
+    dcfg = cfg.data_config()
+    loader = DataLoader(WorldBatches(dcfg, student.cfg), batch_size=None, num_workers=cfg.workers,
+                        persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers else None,
+                        pin_memory=device.startswith("cuda"))
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast(
+        "cpu", enabled=False)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    t0, last_ckpt, history, step = time.time(), time.time(), [], 0
+
+    def record(steps_done: int) -> dict:
+        return {"distill": asdict(cfg), "teacher_schedule": json.loads(teacher.schedule.to_json()),
+                "teacher_info_steps": teacher.info.get("steps_done"), "steps_done": steps_done,
+                "seconds": round(time.time() - t0, 1), "history": history, "codec": student.cfg.codec,
+                "latent": list(latent_shape(student.cfg)), "schedule": json.loads(student_schedule.to_json()),
+                "device": torch.cuda.get_device_name() if device.startswith("cuda") else device}
+
+    for step, batch in enumerate(loader):
+        if step >= cfg.steps or (cfg.time_limit and time.time() - t0 > cfg.time_limit):
+            break
+        if cfg.checkpoint_every and time.time() - last_ckpt > cfg.checkpoint_every:
+            _save_ema(student, params, ema, out, record(step), student_schedule)
+            last_ckpt = time.time()
+        n_ctx = batch["n_ctx"]
+        frames = batch["video"].to(device, non_blocking=True).float() / 255.0
+        x0 = encode_frames(codec, frames)
+        if n_ctx:
+            x0 = torch.cat([encode_frames(codec, degrade(frames[:, :n_ctx], n_ctx, cfg.degrade_p, gen)),
+                            x0[:, :, n_ctx:]], dim=2)
+        b, f = x0.shape[0], x0.shape[2]
+        k = int(torch.randint(len(s_levels), (1,), generator=torch.Generator().manual_seed(cfg.seed * 7919 + step)))
+        s_k = s_levels[k]
+        ctx_sig = cfg.context_noise * torch.rand(b, 1, device=device, generator=gen)
+        noise = torch.randn(x0.shape, device=device, generator=gen)
+        x = x0.clone()
+        x[:, :, :n_ctx] = (1 - ctx_sig[:, None, :, None, None]) * x0[:, :, :n_ctx] + \
+            ctx_sig[:, None, :, None, None] * noise[:, :, :n_ctx]
+        x[:, :, n_ctx:] = (1 - s_k) * x0[:, :, n_ctx:] + s_k * noise[:, :, n_ctx:]  # k=0: s_k = 1, pure noise
+        mask = frame_mask(batch["chunks"], n_ctx).to(device)
+        mask = mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
+        positions = batch["positions"].to(device)
+        ids = batch["ids"].to(device)
+        with torch.no_grad(), amp:
+            t_ctx = t_text(ids)
+        target = teacher_ode(t_model, x, n_ctx, ctx_sig, ode_path(s_k, levels), t_ctx, positions, mask, amp)
+        sig_f = torch.zeros(b, f, device=device)
+        sig_f[:, :n_ctx] = ctx_sig
+        sig_f[:, n_ctx:] = s_k
+        with amp:
+            v = model(x, sig_f * 1000, text(ids), positions=positions, attn_mask=mask)
+        x0_hat = x[:, :, n_ctx:] - s_k * v[:, :, n_ctx:].float()
+        loss = (x0_hat - target).pow(2).mean()
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, time.time() - t0, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(cfg.ema, (1 + step) / (10 + step))
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - d)
+        if step % cfg.log_every == 0:
+            lv = float(loss.detach())
+            history.append({"step": step, "loss": lv, "level": k, "kind": batch["kind"], "n_ctx": n_ctx,
+                            "seconds": round(time.time() - t0, 1)})
+            log(f"step {step:6d}  loss {lv:.4f}  level {k}  ctx {batch['kind']}:{n_ctx}  {time.time() - t0:.0f}s")
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    info = record(step)
+    save(student, out, info=info, schedule=student_schedule)
+    Path(str(out) + ".json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+__all__ = ["DistillConfig", "distill", "ode_path", "teacher_ode", "teacher_sigmas"]
