@@ -124,3 +124,10 @@ def load(path: str | Path, device="cpu") -> KVFile:
         retrieval.load_state_dict(part(tensors, "decoder."))
         retrieval.to(device).eval()
     return KVFile(w.compressor, retrieval, w.lora, w.lora_info, w.info)
+
+
+def __getattr__(name: str):
+    if name in ("generator_for_memory", "merge_generator_lora"):
+        raise AttributeError(f"fademem.compressor.kv.{name} is gone: use fademem.pipeline.generator_for_memory(model, "
+                             "spec), which merges whatever a policy declares through Memory.generator_adapter()")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
