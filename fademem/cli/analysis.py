@@ -55,7 +55,10 @@ def spectrum(videos, out_dir, bands, max_lag, channels, size, stride, max_frames
     """Spectral decay of VIDEO(s): C_r(lag) per band, horizons t*(r), r*(t) ~ t^-b (paper Sec. 3.2, Fig. 2)."""
     from fademem.analysis.spectrum import SpectrumParams, analyse_videos
     from fademem.analysis.spectrum_plot import format_summary, write_report
+    from fademem.cli.common import check_device
 
+    if vae_dir is not None:  # the device only runs the VAE
+        device = str(check_device(device))
     try:
         params = SpectrumParams(bands=bands, max_lag=max_lag, channels=channels, window=window, rule=rule, eps=eps,
                                 lookahead=lookahead, min_drop=min_drop, censor_frac=censor_frac, block=block,

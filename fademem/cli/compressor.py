@@ -41,9 +41,11 @@ def train_compressor(out, rate, pretrain_seconds, finetune_seconds, pretrain_ste
     import torch
 
     from fademem import embedded
+    from fademem.cli.common import check_device
     from fademem.compressor import kv as KV
     from fademem.compressor import train as CT
 
+    device = str(check_device(device))
     try:
         cfg = CT.CompressorTrainConfig(rate=rate, channels=channels, window=window, budget=budget,
                                        max_start=max_start, batch=batch, workers=workers, seed=seed, pool=pool,

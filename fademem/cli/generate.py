@@ -1,8 +1,19 @@
-"""``fademem generate``: long videos from a real causal Wan generator or the embedded model."""
+"""``fademem generate``: long videos from a real causal Wan generator or the embedded model.
+
+Every option is checked before the model runs (device, output file, lengths, switches, memory spec,
+prompts): a bad value is a usage error (exit 2) and never costs a generation; a failure while
+generating exits 1.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+
 import click
+
+WAN_TEMPORAL_STRIDE = 4  # the Wan VAE: T latent frames <-> 4T - 3 video frames
+EMBEDDED_TEMPORAL_STRIDE = 1  # the embedded codec: one video frame per latent frame
 
 
 @click.command("generate")
@@ -11,97 +22,144 @@ import click
               help="File with one prompt per line (blank lines and '#' comments skipped): one video each, "
                    "written to OUT with an index suffix (video_0.mp4, video_1.mp4, ...).")
 @click.option("--seconds", type=float, default=60.0, show_default=True,
-              help="Video length. 16 fps: frames = 16*seconds, latent frames = ceil((frames+3)/4) rounded "
-                   "up to whole chunks of 3 (60 s -> 243 latent frames -> 969 video frames).")
+              help="Video length (at most 24 h), rounded up to whole chunks of 3 latent frames. Embedded "
+                   "model: 8 fps, one video frame per latent frame (60 s -> 480 frames). Wan (--checkpoint): "
+                   "16 fps, latent frames = ceil((16*seconds+3)/4) (60 s -> 243 latent -> 969 video frames).")
 @click.option("--memory", "memory_spec", default="fademem", show_default=True,
-              help="Memory policy spec, e.g. 'fademem:budget=12,beta=0.3', 'sink', 'full'.")
+              help="Memory policy spec, e.g. 'fademem:budget=12,beta=0.3', 'sink', 'full', 'omnimem'.")
 @click.option("--checkpoint", type=click.Path(), default=None,
-              help="Causal Wan generator (Self-Forcing, CausVid, LongLive, Wan or diffusers layout).")
-@click.option("--lora", type=click.Path(), multiple=True, help="LoRA file merged into the generator (repeatable).")
+              help="Causal Wan generator (Self-Forcing, CausVid, LongLive, Wan or diffusers layout); with "
+                   "--wan-dir. Without both, the embedded model shipped in the package runs.")
+@click.option("--lora", type=click.Path(), multiple=True,
+              help="Wan only: LoRA file merged into the generator (repeatable).")
 @click.option("--wan-dir", type=click.Path(), default=None,
-              help="Wan2.1 Diffusers directory with text_encoder/, tokenizer/ and vae/.")
-@click.option("--out", type=click.Path(dir_okay=False), default="video.mp4", show_default=True)
+              help="Wan only: Wan2.1 Diffusers directory with text_encoder/, tokenizer/ and vae/.")
+@click.option("--out", type=click.Path(dir_okay=False), default="video.mp4", show_default=True,
+              help="Output video (.mp4, .mkv, .mov, .m4v); checked for writability before generating.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed for every video of a batch.")
 @click.option("--switch", "switch_specs", multiple=True, metavar="FRAME:PROMPT",
-              help="Prompt switch at a latent frame (or 'SECONDSs:PROMPT'); moved up to the next chunk "
-                   "boundary (multiple of 3). Repeatable, increasing.")
+              help="Prompt switch at a latent frame, or 'SECONDSs:PROMPT' at that time in the video (the "
+                   "model's own fps and frames per latent frame); moved up to the next chunk boundary "
+                   "(multiple of 3). Repeatable, increasing.")
 @click.option("--device", default=None, help="Default: cuda if available, else cpu.")
 @click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default=None,
               help="Default: bfloat16 on GPU, float32 on CPU.")
-@click.option("--height", type=int, default=480, show_default=True)
-@click.option("--width", type=int, default=832, show_default=True)
+@click.option("--height", type=int, default=None,
+              help="Wan only: frame height (multiple of 16) [default: 480]. The embedded model works at "
+                   "its own size (64x64) and refuses another.")
+@click.option("--width", type=int, default=None, help="Wan only: frame width (multiple of 16) [default: 832].")
 @click.option("--context-noise", type=float, default=0.0, show_default=True,
               help="Timestep of the cache-writing pass (the clean chunk is re-noised to it).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="Embedded-model weights (default: the ones shipped in the package).")
+              help="Embedded model only: weights file (default: the ones shipped in the package).")
 @click.option("--opening", type=float, default=0.0, show_default=True,
-              help="Embedded model only: teacher-force the first SECONDS with the procedural world's true "
-                   "frames (rendered from the prompt and --seed), then generate.")
+              help="Embedded model only: teacher-force the first SECONDS (shorter than --seconds) with the "
+                   "procedural world's true frames (rendered from the prompt and --seed), then generate.")
 def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_dir, out, seed, switch_specs,
              device, dtype, height, width, context_noise, weights, opening):
-    """Generate long videos chunk by chunk under a fixed KV-memory budget."""
-    import os
+    """Generate long videos chunk by chunk under a fixed KV-memory budget.
 
-    import torch
+    Two generators: without --checkpoint/--wan-dir, the small embedded model shipped in the package
+    (64x64, 8 fps, prompts from its procedural world's grammar; CPU is fine); with both, a real
+    causal Wan generator (480x832 by default, 16 fps).
+    """
+    from fademem.cli.common import check_device, check_out_path, check_seconds
+    from fademem.pipeline import parse_switch
 
-    from fademem.pipeline import latent_frames_for_seconds, load_wan_pipeline, parse_switch
+    prompts = _read_prompts(prompt, prompts_file)
+    check_seconds(seconds)
+    if not math.isfinite(opening) or opening < 0:
+        raise click.BadParameter(f"must be >= 0 seconds, got {opening}", param_hint="--opening")
+    if opening and opening >= seconds:
+        raise click.BadParameter(f"the opening ({opening:g} s) must be shorter than the video (--seconds "
+                                 f"{seconds:g})", param_hint="--opening")
+    is_embedded = checkpoint is None and wan_dir is None
+    if not is_embedded:
+        if opening:
+            raise click.UsageError("--opening is for the embedded model (no --checkpoint / --wan-dir)")
+        if weights is not None:
+            raise click.UsageError("--weights is for the embedded model; a real generator takes --checkpoint")
+        if checkpoint is None or wan_dir is None:
+            raise click.UsageError("--checkpoint and --wan-dir go together (the generator, and the Wan2.1 "
+                                   "text encoder + VAE it runs with)")
+    elif lora:
+        raise click.UsageError("--lora is for a real generator (--checkpoint); the embedded model takes none")
+    for s in switch_specs:  # syntax now; frames once the model's fps is known
+        try:
+            parse_switch(s)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--switch") from None
+    _check_memory(memory_spec)
+    if weights is not None and not os.path.isfile(weights):
+        raise click.BadParameter(f"embedded-model weights file not found: {weights}", param_hint="--weights")
+    dev = check_device(device)
+    dtype = dtype or ("float32" if dev.type == "cpu" else "bfloat16")
+    paths = _out_paths(out, len(prompts))
+    for p in paths:
+        check_out_path(p)
+    if is_embedded:
+        _generate_embedded(prompts, seconds, memory_spec, paths, seed, switch_specs, dev, dtype, context_noise,
+                           weights, opening, height, width)
+    else:
+        _generate_wan(prompts, seconds, memory_spec, checkpoint, lora, wan_dir, paths, seed, switch_specs, dev,
+                      dtype, height, width, context_noise)
 
+
+def _read_prompts(prompt, prompts_file) -> list[str]:
     if (prompt is None) == (prompts_file is None):
         raise click.UsageError("give exactly one of --prompt TEXT or --prompts FILE")
-    if prompts_file is not None:
-        if not os.path.isfile(prompts_file):
-            raise click.BadParameter(f"file not found: {prompts_file}", param_hint="--prompts")
-        with open(prompts_file, encoding="utf-8") as fh:
-            prompts = [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
-        if not prompts:
-            raise click.BadParameter(f"no prompts in {prompts_file}", param_hint="--prompts")
-    else:
+    if prompts_file is None:
         if not prompt.strip():
             raise click.BadParameter("empty prompt", param_hint="--prompt")
-        prompts = [prompt]
-    if seconds <= 0:
-        raise click.BadParameter(f"must be positive, got {seconds}", param_hint="--seconds")
+        return [prompt]
+    if not os.path.isfile(prompts_file):
+        raise click.BadParameter(f"file not found: {prompts_file}", param_hint="--prompts")
+    with open(prompts_file, encoding="utf-8") as fh:
+        prompts = [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+    if not prompts:
+        raise click.BadParameter(f"no prompts in {prompts_file}", param_hint="--prompts")
+    return prompts
+
+
+def _check_memory(memory_spec: str) -> None:
+    """The whole spec (policy, knob names, types and values) is a usage error when wrong."""
+    from fademem.memory import build_memory
+
+    try:
+        build_memory(memory_spec)
+    except (ValueError, TypeError) as e:
+        raise click.BadParameter(str(e), param_hint="--memory") from None
+
+
+def _switches(specs, fps: float, temporal_stride: int) -> list[tuple[int, str]]:
+    from fademem.pipeline import parse_switch
+
+    return [parse_switch(s, fps=fps, temporal_stride=temporal_stride) for s in specs]
+
+
+def _out_paths(out: str, n: int) -> list[str]:
+    stem, ext = os.path.splitext(out)
+    return [out] if n == 1 else [f"{stem}_{i}{ext or '.mp4'}" for i in range(n)]
+
+
+def _generate_wan(prompts, seconds, memory_spec, checkpoint, lora, wan_dir, paths, seed, switch_specs, device,
+                  dtype, height, width, context_noise):
+    import torch
+
+    from fademem.pipeline import latent_frames_for_seconds, load_wan_pipeline
+
+    height, width = height or 480, width or 832
     if height <= 0 or width <= 0 or height % 16 or width % 16:
         raise click.BadParameter(f"height and width must be positive multiples of 16, got {height}x{width}",
                                  param_hint="--height/--width")
     try:
-        switches = [parse_switch(s) for s in switch_specs]
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--switch") from None
-    from fademem.memory import parse_spec
-
-    try:
-        parse_spec(memory_spec)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--memory") from None
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or ("float32" if str(device) == "cpu" else "bfloat16")
-    torch_dtype = getattr(torch, dtype)
-    if opening and (checkpoint is not None or wan_dir is not None):
-        raise click.UsageError("--opening is for the embedded model (no --checkpoint / --wan-dir)")
-    if opening < 0:
-        raise click.BadParameter(f"must be >= 0, got {opening}", param_hint="--opening")
-    out_dir = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(out_dir):
-        raise click.BadParameter(f"directory {out_dir} does not exist", param_hint="--out")
-    if checkpoint is None and wan_dir is None:
-        _generate_embedded(prompts, seconds, memory_spec, out, seed, switches, device, torch_dtype,
-                           context_noise, weights, opening)
-        return
-    if weights is not None:
-        raise click.UsageError("--weights is for the embedded model; a real generator takes --checkpoint")
-    if checkpoint is None or wan_dir is None:
-        raise click.UsageError("--checkpoint and --wan-dir go together (the generator, and the Wan2.1 "
-                               "text encoder + VAE it runs with)")
-    try:
-        pipe = load_wan_pipeline(checkpoint, wan_dir, lora=list(lora), device=device, dtype=torch_dtype,
+        pipe = load_wan_pipeline(checkpoint, wan_dir, lora=list(lora), device=device, dtype=getattr(torch, dtype),
                                  context_noise=context_noise)
     except (FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    num_frames = latent_frames_for_seconds(seconds, fps=pipe.fps)
+    num_frames = latent_frames_for_seconds(seconds, fps=pipe.fps, temporal_stride=WAN_TEMPORAL_STRIDE)
+    switches = _switches(switch_specs, pipe.fps, WAN_TEMPORAL_STRIDE)
     latent_shape = (pipe.decoder.z_dim, height // 8, width // 8)
-    stem, ext = os.path.splitext(out)
-    paths = [out] if len(prompts) == 1 else [f"{stem}_{i}{ext or '.mp4'}" for i in range(len(prompts))]
     click.echo(f"{num_frames} latent frames ({4 * num_frames - 3} video frames at {pipe.fps:g} fps), "
                f"memory {memory_spec}, {device} {dtype}", err=True)
     for i, (p, path) in enumerate(zip(prompts, paths)):
@@ -115,43 +173,58 @@ def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_d
         click.echo(path)
 
 
-def _out_paths(out: str, n: int) -> list[str]:
-    import os
+def _load_embedded(weights, device, dtype):
+    """The embedded bundle; a bad --weights file is a usage error, a package without its asset is not."""
+    import torch
 
-    stem, ext = os.path.splitext(out)
-    return [out] if n == 1 else [f"{stem}_{i}{ext or '.mp4'}" for i in range(n)]
-
-
-def _generate_embedded(prompts, seconds, memory_spec, out, seed, switches, device, dtype, context_noise,
-                       weights, opening):
-    """`fademem generate` with no checkpoint: the small model shipped in the package (CPU is fine)."""
     from fademem import embedded
-    from fademem.pipeline import latent_frames_for_seconds
 
     try:
-        bundle = embedded.load(weights, device=device, dtype=dtype)
-        for p in prompts:
-            bundle.text.tokenize([p])  # prompts outside the world's grammar fail before any work
-        import dataclasses
-
-        from fademem.pipeline import embedded_pipeline, generator_for_memory
-
-        model = generator_for_memory(bundle.model, memory_spec)  # what the policy declares, e.g. a LoRA
-        if model is not bundle.model:
-            click.echo(f"memory {memory_spec}: the generator LoRA it declares (Memory.generator_adapter) is merged "
-                       "into the embedded model", err=True)
-        pipe = embedded_pipeline(dataclasses.replace(bundle, model=model), context_noise=context_noise)
-        num_frames = latent_frames_for_seconds(seconds, fps=bundle.cfg.fps, temporal_stride=1)
+        return embedded.load(weights, device=device, dtype=getattr(torch, dtype))
     except (FileNotFoundError, ValueError) as e:
+        if weights is not None:
+            raise click.BadParameter(str(e), param_hint="--weights") from None
         raise click.ClickException(str(e)) from None
-    click.echo(f"embedded model: {num_frames} frames of {bundle.cfg.frame_size}x{bundle.cfg.frame_size} at "
-               f"{bundle.cfg.fps} fps, memory {memory_spec}, {device}", err=True)
-    for i, (p, path) in enumerate(zip(prompts, _out_paths(out, len(prompts)))):
+
+
+def _generate_embedded(prompts, seconds, memory_spec, paths, seed, switch_specs, device, dtype, context_noise,
+                       weights, opening, height, width):
+    """`fademem generate` with no checkpoint: the small model shipped in the package (CPU is fine)."""
+    import dataclasses
+
+    from fademem import embedded
+    from fademem.pipeline import embedded_pipeline, generator_for_memory, latent_frames_for_seconds
+
+    bundle = _load_embedded(weights, device, dtype)
+    size = bundle.cfg.frame_size
+    if (height is not None and height != size) or (width is not None and width != size):
+        given = ", ".join(f"--{k} {v}" for k, v in (("height", height), ("width", width)) if v is not None)
+        raise click.BadParameter(f"the embedded model works at {size}x{size}, got {given} (--height/--width are "
+                                 "for a Wan --checkpoint)", param_hint="--height/--width")
+    fps = bundle.cfg.fps
+    switches = _switches(switch_specs, fps, EMBEDDED_TEMPORAL_STRIDE)
+    for hint, texts in (("--prompt", prompts), ("--switch", [s[1] for s in switches])):
+        try:
+            for p in texts:
+                bundle.text.tokenize([p])  # prompts outside the world's grammar fail before any work
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint=hint) from None
+    try:
+        model = generator_for_memory(bundle.model, memory_spec)  # what the policy declares, e.g. a LoRA
+    except (FileNotFoundError, ValueError) as e:
+        raise click.BadParameter(str(e), param_hint="--memory") from None
+    if model is not bundle.model:
+        click.echo(f"memory {memory_spec}: the generator LoRA it declares (Memory.generator_adapter) is merged "
+                   "into the embedded model", err=True)
+    pipe = embedded_pipeline(dataclasses.replace(bundle, model=model), context_noise=context_noise)
+    num_frames = latent_frames_for_seconds(seconds, fps=fps, temporal_stride=EMBEDDED_TEMPORAL_STRIDE)
+    click.echo(f"embedded model: {num_frames} frames of {size}x{size} at {fps} fps "
+               f"({num_frames / fps:g} s), memory {memory_spec}, {device}", err=True)
+    for i, (p, path) in enumerate(zip(prompts, paths)):
         if len(prompts) > 1:
             click.echo(f"[{i + 1}/{len(prompts)}] {p}", err=True)
         try:
-            prefix = embedded.opening(bundle, [p], seed, min(opening, num_frames / bundle.cfg.fps)) \
-                if opening else None
+            prefix = embedded.opening(bundle, [p], seed, min(opening, num_frames / fps)) if opening else None
             pipe.generate_video(p, num_frames, out=path, memory=memory_spec, seed=seed, switches=switches,
                                 latent_shape=embedded.latent_shape(bundle.cfg), progress=True, prefix=prefix)
         except ValueError as e:

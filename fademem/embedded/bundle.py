@@ -312,17 +312,27 @@ def default_path() -> Path:
 def load(path: str | Path | None = None, device="cpu", dtype=torch.float32) -> EmbeddedBundle:
     """Load the shipped model (no network) or a trained file: DiT, text encoder, codec (folded pixels, or
     the autoencoder stored inside) and the sampling schedule (``bundle.schedule``; inferred for v1)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
+    shipped = not path
     path = Path(path) if path else default_path()
+    if shipped and not path.is_file():
+        raise FileNotFoundError(f"the shipped embedded model is missing ({path}): the package was installed "
+                                "without its assets; reinstall it, or train one with `fademem train` and pass "
+                                "its file")
+    if not path.exists():
+        raise FileNotFoundError(f"embedded model weights file not found: {path}")
     if not path.is_file():
-        raise FileNotFoundError(f"embedded model weights not found at {path}: the package was installed "
-                                "without its assets, or train one with `fademem train`")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-        if "embedded" not in meta or "dit" not in meta:
-            raise ValueError(f"{path} is not a fademem embedded-model file (no config metadata)")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        raise FileNotFoundError(f"embedded model weights must be a file, got a directory or special file: {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if "embedded" not in meta or "dit" not in meta:
+                raise ValueError(f"{path} is a safetensors file but not a fademem embedded-model file (no "
+                                 "'embedded'/'dit' config metadata; `fademem train` writes those)")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file (empty, truncated or corrupt: {e})") from None
     cfg = EmbeddedConfig(**json.loads(meta["embedded"]))
     dit_kw = json.loads(meta["dit"])
     dit_kw["patch_size"] = tuple(dit_kw["patch_size"])

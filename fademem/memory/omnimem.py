@@ -7,8 +7,12 @@ inside one softmax:
 
 * **Blocks**: each latent frame's ``grid`` of tokens (``"30x52"`` at 480x832) is cut into
   ``block_h x block_w`` blocks (default 15 x 2 = 30 tokens, 52 blocks per frame; a 2 x 15 block
-  does not divide the 52-token rows). ``grid="auto"`` means 30x52 and only fits 1560-token frames;
-  other frame sizes must name their grid. Frames are stored block-major (each block contiguous).
+  does not divide the 52-token rows). ``grid="auto"`` takes the grid from the frame's token count
+  at bind: 30x52 for 1560 tokens (Wan at 480x832), else a square grid when the count is a perfect
+  square (the embedded model's 8x8), else an error asking for ``grid=HxW``. On an inferred square
+  grid a default block side that does not divide it shrinks to its largest divisor below the default
+  (8x8: 8 x 2 blocks); a block side given in the spec is never changed. Frames are stored
+  block-major (each block contiguous).
   A block's key is the mean of its keys (spatial phase, no temporal phase), re-encoded at its
   frame's position when scored, which equals the mean of the temporally rotated keys.
 * **Queries**: the current chunk's queries, rotated at the chunk's positions, are pooled in
@@ -123,26 +127,49 @@ class OmniMemMemory(BlockSelection, Memory):
             raise ValueError(f"{n}: gather must be auto, triton or torch, got {self.gather!r}")
         if self.gather != "auto" and not self.offload:
             raise ValueError(f"{n}: gather={self.gather} only applies with offload=true (the host-resident history)")
-        self._check_grid(parse_grid(n, self.grid) or (30, 52))  # "auto" is 30x52
+        auto = parse_grid(n, self.grid) is None  # checked against Wan's 30x52 here, the real grid at bind
+        self._check_grid(parse_grid(n, self.grid) or (30, 52), " (grid=auto checked as Wan's 30x52; on other "
+                         "frame sizes give grid=HxW)" if auto else "")
+        self._block = (self.block_h, self.block_w)  # the block in use (bind may shrink defaults on auto grids)
 
-    def _check_grid(self, g: tuple[int, int]) -> None:
-        if g[0] % self.block_h:
-            raise ValueError(f"{self.name}: block_h {self.block_h} does not divide the grid height {g[0]}")
-        if g[1] % self.block_w:
-            raise ValueError(f"{self.name}: block_w {self.block_w} does not divide the grid width {g[1]}")
+    def _check_grid(self, g: tuple[int, int], hint: str = "", block: tuple[int, int] | None = None) -> None:
+        bh, bw = block or (self.block_h, self.block_w)
+        if g[0] % bh:
+            raise ValueError(f"{self.name}: block_h {bh} does not divide the grid height {g[0]}{hint}")
+        if g[1] % bw:
+            raise ValueError(f"{self.name}: block_w {bw} does not divide the grid width {g[1]}{hint}")
+
+    def _auto_grid(self, tokens_per_frame: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """grid='auto': (grid, block) for frames of ``tokens_per_frame`` tokens (see the module doc)."""
+        if tokens_per_frame == 1560:
+            return (30, 52), (self.block_h, self.block_w)
+        s = round(tokens_per_frame ** 0.5)
+        if s * s != tokens_per_frame:
+            raise ValueError(f"{self.name}: grid='auto' cannot infer the token grid of {tokens_per_frame}-token frames "
+                             "(not 1560 = 30x52, not a square): give grid=HxW with H*W = "
+                             f"{tokens_per_frame}, and block_h / block_w dividing H / W")
+        defaults = type(self).__dataclass_fields__
+
+        def side(knob: str) -> int:
+            v = getattr(self, knob)
+            if s % v == 0 or v != defaults[knob].default:
+                return v  # a side given in the spec is kept (and checked below)
+            return max(d for d in range(1, v + 1) if s % d == 0)
+
+        return (s, s), (side("block_h"), side("block_w"))
 
     def bind(self, rope: WanRoPE, tokens_per_frame: int) -> Memory:
         g = parse_grid(self.name, self.grid)
+        block = (self.block_h, self.block_w)
         if g is None:
-            if tokens_per_frame != 1560:
-                raise ValueError(f"{self.name}: grid='auto' means 30x52 (1560 tokens per frame); frames have "
-                                 f"{tokens_per_frame} tokens: set grid=HxW")
-            g = (30, 52)
+            g, block = self._auto_grid(tokens_per_frame)
         if g[0] * g[1] != tokens_per_frame:
             raise ValueError(f"{self.name}: grid {g[0]}x{g[1]} does not match {tokens_per_frame} tokens per frame")
-        self._check_grid(g)
+        self._check_grid(g, " (grid=auto inferred it from the token count; give grid=HxW)"
+                         if parse_grid(self.name, self.grid) is None else "", block)
         super().bind(rope, tokens_per_frame)
-        gh, gw, bh, bw = g[0], g[1], self.block_h, self.block_w
+        self._block = block
+        gh, gw, (bh, bw) = g[0], g[1], block
         self._perm = torch.arange(gh * gw).view(gh // bh, bh, gw // bw, bw).permute(0, 2, 1, 3).reshape(-1)
         self._inv = torch.argsort(self._perm)
         self._scratch.clear()  # device copies of the old permutation
@@ -155,7 +182,7 @@ class OmniMemMemory(BlockSelection, Memory):
 
     @property
     def block_tokens(self) -> int:
-        return self.block_h * self.block_w
+        return self._block[0] * self._block[1]
 
     @property
     def blocks_per_frame(self) -> int:

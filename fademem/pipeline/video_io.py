@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 from collections.abc import Iterator
 
 import numpy as np
@@ -143,9 +144,16 @@ class VideoWriter:
     The frame size is taken from the first frame; every later frame must match it. yuv420p needs
     even sizes, so an odd height or width is padded by one replicated edge row / column.
     Nothing is buffered beyond what the encoder holds; the file is complete after ``close()``.
+
+    The file is deterministic: the same frames give the same bytes on every run, under any load or
+    CPU affinity. Two x264 defaults would break that: its thread count follows the CPUs this process
+    may use (fixed here by ``threads``, default 4; x264 is repeatable for a fixed count), and its
+    AVX-512 routines make the output vary from run to run (seen with PyAV 18's x264 at widths such as
+    96, 208 and 832), so on x86-64 x264 is held to its SSE2 routines (``asm=SSE2``: the same output as
+    its plain C code, on any x86-64 CPU, at about the default speed).
     """
 
-    def __init__(self, path, fps: float = 16, crf: int = 18, preset: str = "medium"):
+    def __init__(self, path, fps: float = 16, crf: int = 18, preset: str = "medium", threads: int = 4):
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.path = os.fspath(path)
@@ -155,6 +163,9 @@ class VideoWriter:
         self.fps = fps
         self.crf = crf
         self.preset = preset
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive int, got {threads!r}")
+        self.threads = threads
         self.frames_written = 0
         self._container = None
         self._stream = None
@@ -177,7 +188,10 @@ class VideoWriter:
         stream = self._container.add_stream("libx264", rate=rate)
         stream.width, stream.height = width + width % 2, height + height % 2
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(self.crf), "preset": self.preset}
+        # repeatable bytes (see the class doc): a fixed thread count, and no AVX-512 routines on x86-64
+        stream.options = {"crf": str(self.crf), "preset": self.preset, "threads": str(self.threads)}
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            stream.options = {**stream.options, "x264-params": "asm=SSE2"}
         self._stream = stream
         self._size = (height, width)
 

@@ -1,0 +1,100 @@
+"""Checks shared by the commands, run before any work starts so a bad option never costs a run.
+
+Click's convention throughout: a bad option value is a usage error (``click.BadParameter`` /
+``click.UsageError``, exit code 2); a failure while working is a ``click.ClickException`` (exit 1).
+Heavy imports (torch) stay inside the functions so ``fademem --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import click
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v")
+MAX_SECONDS = 24 * 3600.0  # longer videos are refused up front (a day of video is already weeks of compute)
+
+
+def available_devices() -> list[str]:
+    """The torch devices this process can use, e.g. ``['cpu', 'cuda:0', 'cuda:1']``."""
+    import torch
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def check_device(device, param_hint: str = "--device"):
+    """``device`` (a string such as ``cuda``, ``cuda:1``, ``cpu``; None: cuda when available, else
+    cpu) as a ``torch.device`` this process can use; otherwise ``click.BadParameter`` naming the
+    device and the ones available (exit code 2)."""
+    import torch
+
+    if device is None or (isinstance(device, str) and not device.strip()):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device.strip() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError, ValueError):
+        raise click.BadParameter(f"{device!r} is not a torch device (available: {', '.join(available_devices())})",
+                                 param_hint=param_hint) from None
+    avail = available_devices()
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise click.BadParameter(f"{device!r}: no CUDA GPU is available to this process (torch "
+                                     f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); "
+                                     f"available: {', '.join(avail)}", param_hint=param_hint)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise click.BadParameter(f"{device!r}: there are {torch.cuda.device_count()} CUDA device(s); "
+                                     f"available: {', '.join(avail)}", param_hint=param_hint)
+        return dev
+    if dev.type == "mps" and "mps" in avail:
+        return dev
+    backend = getattr(torch, dev.type, None)
+    if dev.type != "mps" and backend is not None and getattr(backend, "is_available", lambda: False)():
+        return dev
+    raise click.BadParameter(f"{device!r}: no {dev.type} device is available to this process; available: "
+                             f"{', '.join(avail)}", param_hint=param_hint)
+
+
+def check_out_path(path: str, param_hint: str = "--out", suffixes: tuple[str, ...] | None = VIDEO_SUFFIXES) -> str:
+    """Check before any work that ``path`` can be written: a known video suffix (``suffixes``; None:
+    any), an existing folder, and a file this process can create or overwrite (probed by opening it
+    for append; a file that did not exist is removed again). ``click.BadParameter`` otherwise."""
+    path = os.fspath(path)
+    if suffixes is not None and os.path.splitext(path)[1].lower() not in suffixes:
+        raise click.BadParameter(f"{path}: the video format comes from the file suffix; use one of "
+                                 f"{', '.join(suffixes)}", param_hint=param_hint)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise click.BadParameter(f"cannot write {path}: directory {parent} does not exist", param_hint=param_hint)
+    if os.path.isdir(path):
+        raise click.BadParameter(f"cannot write {path}: it is a directory", param_hint=param_hint)
+    existed = os.path.exists(path)
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as e:
+        raise click.BadParameter(f"cannot write {path}: {e.strerror or e}", param_hint=param_hint) from None
+    if not existed:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+    return path
+
+
+def check_seconds(seconds: float, param_hint: str = "--seconds", limit: float = MAX_SECONDS) -> float:
+    """A video length in seconds: finite, positive and at most ``limit`` (24 h of video)."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise click.BadParameter(f"must be a positive number of seconds, got {seconds}", param_hint=param_hint)
+    if seconds > limit:
+        raise click.BadParameter(f"{seconds:g} s is {seconds / 3600:,.0f} hours of video; the limit is "
+                                 f"{limit / 3600:g} h ({limit:g} s)", param_hint=param_hint)
+    return seconds
