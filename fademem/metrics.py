@@ -155,3 +155,74 @@ def binned_by_lag(errors, lags, bins, confidence: float = 0.95, method: str = "t
                 n_frames[b] += sel.size
     rows = np.array([mean_ci(v, confidence, method) for v in per_bin]).reshape(B, 3)
     return LagBins(edges, rows[:, 0], rows[:, 1], rows[:, 2], np.array([len(v) for v in per_bin]), n_frames)
+
+
+def paired_t(a, b=None, confidence: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean, low, high, p) for the mean of paired differences ``a - b`` (or of ``a`` when ``b`` is None):
+    the t interval mean +- t_{(1+c)/2, n-1} s / sqrt(n) and the two-sided one-sample t-test p-value
+    against 0 (= scipy.stats.ttest_rel(a, b)). Fewer than two pairs: nan interval and p. Zero spread:
+    a zero-width interval, p = 1 if the mean is 0 else 0."""
+    d = np.asarray(a, np.float64).ravel() - (0.0 if b is None else np.asarray(b, np.float64).ravel())
+    if d.size == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    if not np.isfinite(d).all():
+        raise ValueError("non-finite values (cap PSNR with psnr(..., max_db=...))")
+    m = float(d.mean())
+    if d.size < 2:
+        return m, math.nan, math.nan, math.nan
+    se = float(d.std(ddof=1)) / math.sqrt(d.size)
+    if se == 0.0:
+        return m, m, m, 1.0 if m == 0.0 else 0.0
+    half = float(stats.t.ppf((1 + confidence) / 2, d.size - 1)) * se
+    p = float(2 * stats.t.sf(abs(m) / se, d.size - 1))
+    return m, m - half, m + half, p
+
+
+@dataclass
+class Holm:
+    """Holm-Bonferroni over a family of tests (nan p-values are left out of the family)."""
+
+    adjusted: np.ndarray  # [m] Holm-adjusted p-values (nan where p was nan)
+    rejected: np.ndarray  # [m] bool: rejected at the family-wise level alpha
+    level: np.ndarray  # [m] the per-test level Holm compared it at (see ``holm``); nan where p was nan
+    family: int  # tests in the family (non-nan p)
+
+
+def holm(pvalues, alpha: float = 0.05) -> Holm:
+    """Holm's step-down procedure: with the m p-values sorted p(1) <= ... <= p(m), reject H(i) while
+    p(i) <= alpha / (m - i + 1); adjusted p(i) = max_{j <= i} min(1, (m - j + 1) p(j)).
+
+    ``level``: for the i-th smallest of the r rejected tests, alpha / (m - i + 1) (the level it was
+    rejected at); for every test not rejected, alpha / (m - r). A (1 - level) interval per test then
+    excludes 0 exactly when Holm rejects it (the intervals ``paired_holm`` reports)."""
+    p = np.asarray(pvalues, np.float64).ravel()
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    adjusted, level = np.full(p.shape, math.nan), np.full(p.shape, math.nan)
+    rejected = np.zeros(p.shape, bool)
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running, r, stopped = 0.0, 0, False
+    for i, k in enumerate(order):  # i = rank - 1
+        running = max(running, min(1.0, (m - i) * p[k]))
+        adjusted[k] = running
+        if not stopped and p[k] <= alpha / (m - i):
+            rejected[k], level[k], r = True, alpha / (m - i), r + 1
+        else:
+            stopped = True
+    level[order[r:]] = alpha / (m - r) if m > r else math.nan
+    return Holm(adjusted, rejected, level, m)
+
+
+def paired_holm(differences: list, alpha: float = 0.05) -> list[dict]:
+    """A family of paired comparisons, one array of per-unit differences each: per comparison the
+    mean, Holm-adjusted interval (``low``/``high``: the t interval at confidence 1 - ``level`` of
+    ``holm``), the raw and Holm-adjusted p-values, ``excludes_zero`` (= Holm rejects), n."""
+    raw = [paired_t(d) for d in differences]
+    h = holm([r[3] for r in raw], alpha)
+    out = []
+    for i, (d, (m, _, _, p)) in enumerate(zip(differences, raw)):
+        lv = float(h.level[i])
+        _, lo, hi, _ = paired_t(d, confidence=1 - lv) if math.isfinite(lv) else (m, math.nan, math.nan, p)
+        out.append({"mean": m, "low": lo, "high": hi, "p": p, "p_holm": float(h.adjusted[i]),
+                    "level": lv, "excludes_zero": bool(h.rejected[i]), "n": int(np.size(d))})
+    return out

@@ -188,25 +188,25 @@ def test_teacher_forced_opening_is_the_truth(tiny_bundle):
 def test_cli_smoke_run_writes_json_png_and_one_row_per_policy(tiny_weights, tmp_path):
     out = tmp_path / "bench"
     policies = ["full", "window", "sink", "memrope", "fademem", "window:budget=6"]
-    r = CliRunner().invoke(main, ["bench", "memory", "--weights", tiny_weights, "--episodes", "2", "--seconds", "3",
+    r = CliRunner().invoke(main, ["bench", "memory", "--weights", tiny_weights, "--episodes", "2", "--seconds", "7.5",
                                   "--opening-seconds", "1.5", "--policies", ",".join(policies), "--out", str(out),
-                                  "--no-progress", "--scenes", "0,6"])
+                                  "--no-progress", "--scenes", "0,1"])  # v2: scenes that return in 7.5 s
     assert r.exit_code == 0, r.output
     report = json.loads((out / "memory.json").read_text())
     assert (out / "memory.png").stat().st_size > 1000 and (out / "memory.txt").exists()
     assert set(report) >= {"benchmark", "environment", "config", "equal_budget", "episodes", "policies", "elapsed_s"}
     cfg = report["config"]
-    assert cfg["latent_frames"] == 24 and cfg["opening_frames"] == 12 and cfg["generated_frames"] == 12
+    assert cfg["latent_frames"] == 60 and cfg["opening_frames"] == 12 and cfg["generated_frames"] == 48
     assert cfg["lag_edges_frames"][-1] is None and cfg["lag_edges_seconds"][1] == 0.125
     specs = [p["spec"] for p in report["policies"]]
     assert specs == ["full", "window:budget=12", "sink:budget=12,sink=3", "memrope:recent=7", "fademem:budget=12",
                      "window:budget=6"]
-    assert [e["source"] for e in report["episodes"]] == ["benchmark[0]", "benchmark[6]"]
-    assert all(len(e["lags"]) == 24 for e in report["episodes"])
+    assert [e["source"] for e in report["episodes"]] == ["benchmark[0]", "benchmark[1]"]
+    assert all(len(e["lags"]) == 60 for e in report["episodes"])
     for p in report["policies"]:
         assert p["error"] is None
         assert p["opening_max_abs_error"] < 1e-5  # the opening is the truth
-        assert len(p["episodes"]) == 2 and all(len(e["psnr"]) == 12 == len(e["ssim"]) for e in p["episodes"])
+        assert len(p["episodes"]) == 2 and all(len(e["psnr"]) == 48 == len(e["ssim"]) for e in p["episodes"])
         s = p["summary"]
         assert set(s) >= {"psnr", "ssim", "psnr_long", "ssim_long", "psnr_by_lag", "ssim_by_lag"}
         assert len(s["psnr_by_lag"]["mean"]) == len(bm.LAG_EDGES) - 1

@@ -96,17 +96,47 @@ def home_return_frames(scene: Scene, num_frames: int, fps: float = 8) -> list[in
             if math.ceil(k * cycle * fps - 1e-9) < num_frames]
 
 
-def revisit_scene(seed: int, gap_seconds: int | None = None, direction: str | None = None) -> SceneSpec:
+def revisit_onsets(lags, start: int = 0) -> list[int]:
+    """Frames t >= ``start`` at which content comes back: the per-frame revisit lag (``last_seen``,
+    mode="revisit") is positive and differs from frame t-1's. A camera panning back gives a short ramp
+    of onsets (columns return one after another) ending where the view is home."""
+    lg = np.asarray(lags).ravel()
+    return [t for t in range(max(int(start), 0), lg.size) if lg[t] > 0 and (t == 0 or lg[t] != lg[t - 1])]
+
+
+def revisit_aligned(lags, window: int, start: int = 0) -> np.ndarray:
+    """[T] bool: the frames within ``window`` frames of a revisit onset at or after ``start``
+    (t with onset <= t < onset + window) whose lag is positive: the frames on which only memory can
+    reproduce the returning content (later ones can copy it from recent frames)."""
+    lg = np.asarray(lags).ravel()
+    if window < 1:
+        raise ValueError(f"window must be >= 1 frame, got {window}")
+    mask = np.zeros(lg.size, bool)
+    for t in revisit_onsets(lg, start):
+        mask[t:t + window] = True
+    return mask & (lg > 0)
+
+
+def revisit_scene(seed: int, gap_seconds: int | None = None, direction: str | None = None,
+                  within_seconds: float | None = None) -> SceneSpec:
     """A random scene whose camera pans away and returns after `gap_seconds` (random from SECONDS if
     None): 1-2 objects that stay near home (still, orbiting or bouncing) over a textured background,
-    so the returning view can only be reproduced from memory of the first visit."""
+    so the returning view can only be reproduced from memory of the first visit. With
+    ``within_seconds`` the random gap is drawn from the gaps whose first return home
+    (``return_cycle``: gap + 4 s) comes within that many seconds (ValueError if none does)."""
     rng = _rng(seed)
     bg = str(rng.choice(COLOURS))
     others = [c for c in COLOURS if c != bg]
     objects = tuple(ObjectSpec(str(rng.choice(SIZES)), str(rng.choice(others)), str(rng.choice(SHAPES)),
                                str(rng.choice(["still", "orbit", "bounce"])))
                     for _ in range(int(rng.integers(1, 3))))
-    gap = int(gap_seconds if gap_seconds is not None else rng.choice(SECONDS))
+    gaps = SECONDS
+    if within_seconds is not None and gap_seconds is None:
+        gaps = tuple(g for g in SECONDS if return_cycle(CameraSpec("return", "left", g)) <= within_seconds)
+        if not gaps:
+            raise ValueError(f"no revisit gap returns within {within_seconds:g} s (the shortest returns after "
+                             f"{return_cycle(CameraSpec('return', 'left', min(SECONDS))):g} s)")
+    gap = int(gap_seconds if gap_seconds is not None else rng.choice(gaps))
     direction = direction or str(rng.choice(["left", "right"]))
     texture = str(rng.choice([t for t in TEXTURES if t != "plain"]))
     return SceneSpec(objects, texture, bg, CameraSpec("return", direction, gap))
