@@ -4,7 +4,10 @@ from the files the previous lease committed (issue 14).
     python benchmarks/train_embedded_v2.py --stage ae --minutes 4 --dir training/embedded_v2 --out $OUT
     python benchmarks/train_embedded_v2.py --stage critic --minutes 3 ...
     python benchmarks/train_embedded_v2.py --stage teacher --minutes 9 ...   # continues teacher.safetensors if present
-    python benchmarks/train_embedded_v2.py --stage distill --minutes 9 ...   # continues student.safetensors if present
+    python benchmarks/train_embedded_v2.py --stage distill --minutes 9 ...   # from teacher.safetensors (no resume)
+
+Each stage runs through ``fademem train --stage ...``'s own functions (``fademem.cli.train.options`` /
+``run_stage``), with this script's lease settings (steps unbounded, a time limit, resume from the file).
 
 Stages write ``<dir>/<name>.safetensors`` (fp16) and ``<out>/<stage>.json`` with the figures
 (reconstruction PSNR, critic accuracy, losses), and print a summary.
@@ -18,6 +21,34 @@ import time
 from pathlib import Path
 
 import torch
+
+
+def stage_options(stage: str, d: Path, limit: float, args) -> tuple[Path, dict]:
+    """(weights path, resolved ``fademem train`` options) of one lease of a stage."""
+    from fademem.cli.train import options
+
+    shared = {"device": args.device, "workers": args.workers, "steps": 10**7, "time_limit": limit}
+    if stage == "ae":
+        path = d / "autoencoder.safetensors"
+        o = options("autoencoder", batch=args.batch or 128, init=str(path) if path.exists() else None, eval_clips=64,
+                    **shared)
+    elif stage == "critic":
+        path = d / "critic.safetensors"
+        o = options("critic", batch=args.batch or 64, init=str(path) if path.exists() else None, eval_clips=2048,
+                    **shared)
+    elif stage == "teacher":
+        path = d / "teacher.safetensors"
+        init = str(path) if path.exists() else None
+        arch = {} if init else {"dim": 256, "layers": 8, "heads": 4, "ffn": 1024,
+                                "codec": str(d / "autoencoder.safetensors")}
+        o = options("dit", init=init, sample_steps=32, batch=args.batch or 64, lr=4e-4 if init is None else 2e-4,
+                    checkpoint_every=120, extra={"warmup": 300 if init is None else 50}, **arch, **shared)
+    else:
+        # fademem.embedded.distill starts the student from the teacher (no resume of a student)
+        path = d / "student.safetensors"
+        o = options("distill", teacher=str(d / "teacher.safetensors"), teacher_steps=16, batch=args.batch or 32,
+                    checkpoint_every=120, **shared)
+    return path, o
 
 
 def main() -> None:
@@ -37,41 +68,15 @@ def main() -> None:
     t0 = time.time()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    if args.stage == "ae":
-        from fademem.embedded.autoencoder import AutoencoderConfig
-        from fademem.embedded.autoencoder_train import train_autoencoder
+    import click
 
-        path = d / "autoencoder.safetensors"
-        info = train_autoencoder(AutoencoderConfig(), path, device=args.device, steps=10**7, batch=args.batch or 128,
-                                 time_limit=limit, workers=args.workers, init=path if path.exists() else None,
-                                 eval_clips=64)
-    elif args.stage == "critic":
-        from fademem.embedded.critic import CriticConfig
-        from fademem.embedded.critic_train import train_critic
+    from fademem.cli.train import run_stage
 
-        path = d / "critic.safetensors"
-        info = train_critic(CriticConfig(), path, device=args.device, steps=10**7, batch=args.batch or 64,
-                            time_limit=limit, workers=args.workers, init=path if path.exists() else None,
-                            eval_clips=2048)
-    elif args.stage == "teacher":
-        from fademem.embedded.train import TrainConfig, train
-
-        path = d / "teacher.safetensors"
-        init = str(path) if path.exists() else None
-        cfg = TrainConfig(codec=None if init else str(d / "autoencoder.safetensors"), init=init, sample_steps=32,
-                          batch=args.batch or 64, workers=args.workers, steps=10**7, time_limit=limit,
-                          dim=256, layers=8, heads=4, ffn=1024, lr=4e-4 if init is None else 2e-4,
-                          warmup=300 if init is None else 50, checkpoint_every=120)
-        info = train(cfg, path, device=args.device)
-    else:
-        from fademem.embedded.distill import DistillConfig, distill
-
-        path = d / "student.safetensors"
-        teacher = d / "teacher.safetensors"
-        cfg = DistillConfig(teacher=str(path if path.exists() else teacher), teacher_steps=16,
-                            batch=args.batch or 32, workers=args.workers, steps=10**7, time_limit=limit,
-                            checkpoint_every=120)
-        info = distill(cfg, path, device=args.device)
+    try:
+        path, o = stage_options(args.stage, d, limit, args)
+        info = run_stage(o["stage"], path, o, log=print)
+    except click.ClickException as exc:
+        raise SystemExit(f"error: {exc.format_message()}") from None
     info = {k: v for k, v in (info or {}).items() if isinstance(v, (int, float, str, list, dict, bool, type(None)))}
     info["wall_s"] = round(time.time() - t0, 1)
     (out / f"{args.stage}.json").write_text(json.dumps(info, indent=1, default=str))

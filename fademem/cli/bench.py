@@ -103,8 +103,10 @@ def bench_speed(policies, seconds, full_max_frames, long_policies, long_seconds,
 @click.option("--policies", default="full,window,sink,memrope,fademem", show_default=True,
               help="Policies: bare names get --budget history frames (memrope: recent=budget-5); specs with knobs "
                    "(e.g. window:budget=6) run as given. A key=value after a comma continues the previous spec.")
-@click.option("--episodes", default=4, show_default=True, type=int,
-              help="Episodes: the 13 BENCHMARK_SCENES in order (or --scenes), then revisit_scene(seed+i).")
+@click.option("--episodes", default=None, type=int,
+              help="Episodes [default: 48 with --device cuda, 4 on the CPU (a run of minutes)]: the BENCHMARK_SCENES "
+                   "in order (or --scenes) that bring content back within --seconds (others are skipped and listed), "
+                   "then revisit scenes built to return within --seconds.")
 @click.option("--budget", default=12, show_default=True, type=int, help="History latent frames per bounded policy.")
 @click.option("--seconds", default=40.0, show_default=True, type=float, help="Episode length (8 fps).")
 @click.option("--opening-seconds", default=6.0, show_default=True, type=float,
@@ -112,11 +114,16 @@ def bench_speed(policies, seconds, full_max_frames, long_policies, long_seconds,
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
 @click.option("--weights", default=None, type=click.Path(dir_okay=False),
-              help="Embedded-model file (default: the shipped fademem/assets/embedded.safetensors).")
+              help="Embedded-model file: the shipped v1 fademem/assets/embedded.safetensors (default) or a v2 bundle "
+                   "(autoencoder codec, recorded sampling schedule).")
+@click.option("--critic", default=None, type=click.Path(dir_okay=False),
+              help="World-critic file: adds the identity score (object colour/shape/size) on revisit windows; "
+                   "skipped with a note when not given.")
 @click.option("--out", "out_dir", default="bench_memory", show_default=True, type=click.Path(file_okay=False),
               help="Output folder: memory.json, memory.png, memory.txt.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Episode i uses noise seed seed+i.")
-@click.option("--steps", default="1000,750,500,250", show_default=True, help="Nominal denoising timesteps.")
+@click.option("--steps", default="", help="Nominal denoising timesteps [default: the model file's schedule]; an "
+                                           "explicit list must agree with the file's (an error otherwise).")
 @click.option("--batch", default=0, show_default=True, type=int,
               help="Episodes per batch (0: all in one batch; the same grouping for every policy).")
 @click.option("--scenes", default="", help="Benchmark scene indices for the first episodes, e.g. '0,1,2,3'.")
@@ -124,9 +131,10 @@ def bench_speed(policies, seconds, full_max_frames, long_policies, long_seconds,
 @click.option("--threads", default=None, type=int, help="torch.set_num_threads (CPU).")
 @click.option("--plot/--no-plot", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, dtype, weights, out_dir, seed, steps,
-                 batch, scenes, long_lag_seconds, threads, plot, progress):
-    """Long-memory quality vs ground truth: true opening, then generation; PSNR/SSIM by revisit lag."""
+def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, dtype, weights, critic, out_dir, seed,
+                 steps, batch, scenes, long_lag_seconds, threads, plot, progress):
+    """Long-memory quality vs ground truth: true opening, then generation; PSNR/SSIM (and the critic's identity
+    score) on the frames after each revisit, by lag; every pair of policies compared (Holm-corrected)."""
     import os
 
     import torch
@@ -136,7 +144,7 @@ def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, d
     if threads:
         torch.set_num_threads(threads)
     try:
-        step_list = tuple(float(v) for v in steps.split(",") if v.strip())
+        step_list = tuple(float(v) for v in steps.split(",") if v.strip()) or None
         scene_list = [int(v) for v in scenes.split(",") if v.strip()] or None
     except ValueError:
         raise click.BadParameter("expected comma-separated numbers", param_hint="--steps/--scenes") from None
@@ -144,7 +152,7 @@ def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, d
         run = bm.MemoryRun(policies=bm.parse_policies(policies), episodes=episodes, budget=budget, seconds=seconds,
                            opening_seconds=opening_seconds, device=device, dtype=dtype, weights=weights, seed=seed,
                            steps=step_list, batch=batch, scenes=scene_list, long_lag_seconds=long_lag_seconds,
-                           progress=progress)
+                           critic=critic, progress=progress)
         bm.validate(run)
         report = bm.run_memory(run, log=click.echo)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
@@ -156,4 +164,56 @@ def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, d
         fh.write(table + "\n")
     if plot:
         click.echo(f"wrote {bm.plot(report, os.path.join(out_dir, 'memory.png'))}")
+    click.echo(table)
+
+
+@bench.command("fidelity")
+@click.option("--critic", default=None, type=click.Path(dir_okay=False),
+              help="World-critic file (fademem train --stage critic); required unless the package ships "
+                   "fademem/assets/critic.safetensors.")
+@click.option("--weights", default=None, type=click.Path(dir_okay=False),
+              help="Embedded-model bundle (default: the shipped v1); sampled with its own recorded schedule.")
+@click.option("--episodes", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Held-out prompts (and, separately, held-out panning scenes for the continuation metric).")
+@click.option("--seconds", default=60.0, show_default=True, type=float, help="Video length, text only.")
+@click.option("--memory", "memory_spec", default="fademem", show_default=True, help="Memory policy spec.")
+@click.option("--opening-seconds", default=6.0, show_default=True, type=float,
+              help="Continuation: true opening teacher-forced before generating.")
+@click.option("--continuation-seconds", default=2.0, show_default=True, type=float,
+              help="Continuation: generated seconds scored against the truth (and the frozen last true frame).")
+@click.option("--continuation/--no-continuation", default=True, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the held-out episode stream.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", "out_dir", default="bench_fidelity", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder: fidelity.json, fidelity.txt, fidelity.png.")
+@click.option("--plot/--no-plot", default=True, show_default=True)
+def bench_fidelity(critic, weights, episodes, seconds, memory_spec, opening_seconds, continuation_seconds,
+                   continuation, seed, device, out_dir, plot):
+    """Prompt fidelity over time (world critic on every window, held-out prompts, vs the true renders) and
+    the continuation metric (PSNR of 2 s after a 6 s true opening vs freezing the last true frame)."""
+    import os
+
+    from fademem.bench import fidelity as bf
+    from fademem.cli.common import check_device, check_seconds
+
+    check_seconds(seconds)
+    check_device(device)
+    run = bf.FidelityRun(critic=critic, weights=weights, episodes=episodes, seconds=seconds, memory=memory_spec,
+                         device=device, seed=seed, opening_seconds=opening_seconds,
+                         continuation_seconds=continuation_seconds, continuation=continuation)
+    try:
+        bf.validate(run)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        report = bf.run_fidelity(run, log=click.echo)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    os.makedirs(out_dir, exist_ok=True)
+    table = bf.format_table(report)
+    click.echo(f"wrote {bf.write_json(report, os.path.join(out_dir, 'fidelity.json'))}")
+    with open(os.path.join(out_dir, "fidelity.txt"), "w") as fh:
+        fh.write(table + "\n")
+    if plot:
+        click.echo(f"wrote {bf.plot(report, os.path.join(out_dir, 'fidelity.png'))}")
     click.echo(table)
