@@ -55,8 +55,24 @@ EMBEDDED_TEMPORAL_STRIDE = 1  # the embedded codec: one video frame per latent f
 @click.option("--opening", type=float, default=0.0, show_default=True,
               help="Embedded model only: teacher-force the first SECONDS (shorter than --seconds) with the "
                    "procedural world's true frames (rendered from the prompt and --seed), then generate.")
+@click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True,
+              help="x264 quality of the mp4 (0: lossless, bigger files).")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
+              help="Save everything needed to continue to this file (safetensors), at the end, every "
+                   "--state-every chunks and on Ctrl-C / SIGTERM (after the current chunk); the video file is "
+                   "complete and playable at every save. One video (--prompt) only.")
+@click.option("--state-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With --state: also save every N chunks (0: only on a stop and at the end).")
+@click.option("--resume", "resume_path", type=click.Path(dir_okay=False), default=None,
+              help="Continue the generation saved in this state file, bit for bit as if never stopped, appending "
+                   "to its video. Optional: --seconds (the new total length), --prompt (a new prompt from the "
+                   "resume point on), --switch (replaces the saved switches after it). Other options come "
+                   "from the state.")
+@click.option("--stop-after-chunks", type=click.IntRange(min=1), default=None, hidden=True,
+              help="Stop (and save the state) after this many chunks of this run, as Ctrl-C would (tests).")
 def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_dir, out, seed, switch_specs,
-             device, dtype, height, width, context_noise, weights, opening):
+             device, dtype, height, width, context_noise, weights, opening, crf, state_path, state_every,
+             resume_path, stop_after_chunks):
     """Generate long videos chunk by chunk under a fixed KV-memory budget.
 
     Two generators: without --checkpoint/--wan-dir, the small embedded model shipped in the package
@@ -64,9 +80,14 @@ def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_d
     causal Wan generator (480x832 by default, 16 fps).
     """
     from fademem.cli.common import check_device, check_out_path, check_seconds
+    from fademem.cli.generate_state import StateRun, resume
     from fademem.pipeline import parse_switch
 
+    if resume_path is not None:
+        return resume(click.get_current_context(), resume_path, state_path, state_every, stop_after_chunks)
     prompts = _read_prompts(prompt, prompts_file)
+    run = StateRun.fresh(state_path, state_every, stop_after_chunks, len(prompts), crf)
+    run.seconds = seconds
     check_seconds(seconds)
     if not math.isfinite(opening) or opening < 0:
         raise click.BadParameter(f"must be >= 0 seconds, got {opening}", param_hint="--opening")
@@ -99,10 +120,10 @@ def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_d
         check_out_path(p)
     if is_embedded:
         _generate_embedded(prompts, seconds, memory_spec, paths, seed, switch_specs, dev, dtype, context_noise,
-                           weights, opening, height, width)
+                           weights, opening, height, width, run)
     else:
         _generate_wan(prompts, seconds, memory_spec, checkpoint, lora, wan_dir, paths, seed, switch_specs, dev,
-                      dtype, height, width, context_noise)
+                      dtype, height, width, context_noise, run)
 
 
 def _read_prompts(prompt, prompts_file) -> list[str]:
@@ -143,7 +164,7 @@ def _out_paths(out: str, n: int) -> list[str]:
 
 
 def _generate_wan(prompts, seconds, memory_spec, checkpoint, lora, wan_dir, paths, seed, switch_specs, device,
-                  dtype, height, width, context_noise):
+                  dtype, height, width, context_noise, run):
     import torch
 
     from fademem.pipeline import latent_frames_for_seconds, load_wan_pipeline
@@ -166,8 +187,10 @@ def _generate_wan(prompts, seconds, memory_spec, checkpoint, lora, wan_dir, path
         if len(prompts) > 1:
             click.echo(f"[{i + 1}/{len(prompts)}] {p}", err=True)
         try:
-            pipe.generate_video(p, num_frames, out=path, memory=memory_spec, seed=seed, switches=switches,
-                                latent_shape=latent_shape, progress=True)
+            run.generate(pipe, p, num_frames, path, memory_spec, seed, switches, latent_shape,
+                         files=[checkpoint, *lora], cli=dict(kind="wan", checkpoint=os.path.abspath(checkpoint),
+                         lora=[os.path.abspath(x) for x in lora], wan_dir=os.path.abspath(wan_dir), height=height,
+                         width=width))
         except ValueError as e:
             raise click.ClickException(str(e)) from None
         click.echo(path)
@@ -188,7 +211,7 @@ def _load_embedded(weights, device, dtype):
 
 
 def _generate_embedded(prompts, seconds, memory_spec, paths, seed, switch_specs, device, dtype, context_noise,
-                       weights, opening, height, width):
+                       weights, opening, height, width, run):
     """`fademem generate` with no checkpoint: the small model shipped in the package (CPU is fine)."""
     import dataclasses
 
@@ -225,8 +248,9 @@ def _generate_embedded(prompts, seconds, memory_spec, paths, seed, switch_specs,
             click.echo(f"[{i + 1}/{len(prompts)}] {p}", err=True)
         try:
             prefix = embedded.opening(bundle, [p], seed, min(opening, num_frames / fps)) if opening else None
-            pipe.generate_video(p, num_frames, out=path, memory=memory_spec, seed=seed, switches=switches,
-                                latent_shape=embedded.latent_shape(bundle.cfg), progress=True, prefix=prefix)
+            run.generate(pipe, p, num_frames, path, memory_spec, seed, switches, embedded.latent_shape(bundle.cfg),
+                         prefix=prefix, files=[weights or embedded.default_path()],
+                         cli=dict(kind="embedded", weights=weights and os.path.abspath(weights), opening=opening))
         except ValueError as e:
             raise click.ClickException(str(e)) from None
         click.echo(path)

@@ -217,6 +217,13 @@ class LatentCodec(nn.Module):
     def reset(self) -> None:
         pass
 
+    def stream_state(self) -> dict:
+        """The streaming decoder's state between chunks (stateless: nothing; for exact resume)."""
+        return {}
+
+    def load_stream_state(self, state: dict) -> None:
+        pass
+
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """normalised latents [B, C, T, h, w] -> uint8 frames [B, T, H, W, 3]."""

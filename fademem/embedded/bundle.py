@@ -110,6 +110,13 @@ class PixelCodec:
     def reset(self) -> None:
         pass
 
+    def stream_state(self) -> dict:
+        """The streaming decoder's state between chunks (stateless: nothing; for exact resume)."""
+        return {}
+
+    def load_stream_state(self, state: dict) -> None:
+        pass
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return (self.to_frames(z) * 255).round().to(torch.uint8)
 

@@ -27,3 +27,7 @@ class Chunk:
     def end(self) -> int:
         """One past the last latent frame."""
         return self.start + self.num_frames
+
+
+class NonFiniteError(FloatingPointError):
+    """The sampler produced NaN or inf values."""

@@ -14,9 +14,9 @@ from fademem.pipeline.switches import _as_batch
 def generate_video(pipe, prompts: str | Sequence[str], num_frames: int, *, out, memory="full",
                    seed: int = 0, noise: torch.Tensor | None = None, switches=None,
                    latent_shape: Sequence[int] = (16, 60, 104), progress: bool = True,
-                   return_latents: bool = False, prefix: torch.Tensor | None = None):
+                   return_latents: bool = False, prefix: torch.Tensor | None = None, crf: int = 18):
     """``pipe.generate_video(...)``: generate with ``pipe`` (a ``VideoPipeline``) and stream the
-    decoded frames into mp4 file(s); see there."""
+    decoded frames into mp4 file(s) (x264 at ``crf``; 0 is lossless); see there."""
     from fademem.pipeline.video_io import VideoWriter
 
     if pipe.decoder is None:
@@ -24,7 +24,7 @@ def generate_video(pipe, prompts: str | Sequence[str], num_frames: int, *, out, 
     batch = len(_as_batch(prompts))
     paths = _out_paths(out, batch)
     latents = []
-    writers = [VideoWriter(p, fps=pipe.fps) for p in paths]
+    writers = [VideoWriter(p, fps=pipe.fps, crf=crf) for p in paths]
     try:
         for chunk in pipe.generate(prompts, num_frames, memory=memory, seed=seed, noise=noise,
                                    switches=switches, latent_shape=latent_shape, progress=progress,

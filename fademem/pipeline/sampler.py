@@ -24,6 +24,9 @@ moved, so a seed gives the same video on any device (up to kernel numerics). The
 of the video is drawn chunk by chunk (``initial_noise`` reproduces it); the re-noising draws come
 from a second generator, so passing one's own initial ``noise`` leaves them unchanged.
 
+The chunk loop itself runs in ``fademem.pipeline.session.GenerationSession`` (one chunk per ``step()``,
+with exact save / resume); the per-chunk pieces (denoising, cache write, recache) are methods here.
+
 The components are protocols, so the embedded pixel-space model (own text encoder, no VAE) and
 the real Wan2.1 stack (UMT5 + Wan VAE) plug in the same way.
 """
@@ -31,22 +34,18 @@ the real Wan2.1 stack (UMT5 + Wan VAE) plug in the same way.
 from __future__ import annotations
 
 import logging
-import math
-from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
 
-from fademem.pipeline.chunk import Chunk
-from fademem.pipeline.decode import _DecodeQueue
+from fademem.pipeline.chunk import Chunk, NonFiniteError  # noqa: F401
 from fademem.pipeline.switches import _as_batch, latent_frames_for_seconds, parse_switch, plan_switches  # noqa: F401
 from fademem.wan.sampling import DEFAULT_SHIFT, DEFAULT_STEPS, FlowSchedule
 
 log = logging.getLogger(__name__)
 
 RECACHE_LIMIT = 12  # LongLive: recompute at most the last 12 latent frames on a prompt switch
-_STEP_SEED_OFFSET = 0x5DEECE66D  # second generator: re-noising draws
 
 
 # -- the component protocols ---------------------------------------------------------------------
@@ -65,10 +64,6 @@ class Decoder(Protocol):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Next latent frames [B, C, F, h, w] -> uint8 frames [B, T, H, W, 3] (streaming)."""
-
-
-class NonFiniteError(FloatingPointError):
-    """The sampler produced NaN or inf values."""
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -199,124 +194,19 @@ class VideoPipeline:
                       positions (its shapes and bookkeeping are a real run's) at a fifth of the cost;
                       the K/V values, and the video, are not. Noise draws stay aligned.
         """
-        prompts = _as_batch(prompts)
-        batch = len(prompts)
-        fpc = self.frames_per_chunk
-        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames <= 0:
-            raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
-        if num_frames % fpc:
-            raise ValueError(f"num_frames ({num_frames}) must be a multiple of frames_per_chunk ({fpc}); "
-                             f"use {fpc * math.ceil(num_frames / fpc)}")
-        c, h, w = (int(s) for s in latent_shape)
-        shape = (batch, c, num_frames, h, w)
-        if noise is not None:
-            if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != shape:
-                raise ValueError(f"noise must be a tensor of shape {list(shape)} [B, C, F, h, w], "
-                                 f"got {list(getattr(noise, 'shape', [])) or type(noise).__name__}")
-            if not noise.is_floating_point():
-                raise ValueError(f"noise must be floating point, got {noise.dtype}")
-        if prefix is not None:
-            if (not isinstance(prefix, torch.Tensor) or prefix.dim() != 5 or not prefix.is_floating_point()
-                    or tuple(prefix.shape[:2]) != shape[:2] or tuple(prefix.shape[3:]) != shape[3:]):
-                raise ValueError(f"prefix must be floating-point latents [B, C, P, h, w] = [{batch}, {c}, P, {h}, "
-                                 f"{w}], got {list(getattr(prefix, 'shape', [])) or type(prefix).__name__}")
-            if prefix.shape[2] % fpc or prefix.shape[2] > num_frames:
-                raise ValueError(f"prefix has {prefix.shape[2]} frames: need a multiple of frames_per_chunk "
-                                 f"({fpc}) and at most num_frames ({num_frames})")
-        plan = plan_switches(switches, num_frames, fpc, batch)
-        stack = self._build_memory(memory)  # a bad spec fails here, not at the first chunk
-        if cache_only is not None and not callable(cache_only):
-            skip = frozenset(int(i) for i in cache_only)
-            cache_only = skip.__contains__
-        return self._run(prompts, num_frames, stack, int(seed), noise, plan, shape, progress, prefix, cache_only)
+        from fademem.pipeline.session import GenerationSession, iterate
 
-    def _run(self, prompts, num_frames, stack, seed, noise, plan, shape, progress, prefix=None,
-             cache_only=None) -> Iterator[Chunk]:
-        batch, c, _, h, w = shape
-        fpc = self.frames_per_chunk
-        device, dtype = self._device_dtype()
-        g_init = torch.Generator(device="cpu").manual_seed(seed)
-        g_step = torch.Generator(device="cpu").manual_seed((seed + _STEP_SEED_OFFSET) % 2 ** 63)
+        session = GenerationSession(self, prompts, num_frames, memory=memory, seed=seed, noise=noise,
+                                    switches=switches, latent_shape=latent_shape, prefix=prefix,
+                                    cache_only=cache_only)
+        return iterate(session, progress)
 
-        pin = device.type == "cuda"
+    def session(self, prompts: str | Sequence[str], num_frames: int, **kwargs):
+        """A ``GenerationSession`` (``fademem.pipeline.session``): ``generate`` one chunk at a time, with
+        ``state_dict()`` / ``load_state_dict()`` to stop and resume exactly. Arguments as in ``generate``."""
+        from fademem.pipeline.session import GenerationSession
 
-        def randn(n: int, g: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
-            """[B, C, n, h, w] noise from ``g`` on the host; a list of generators gives one draw per
-            generator, in order, stacked [len(g), B, C, n, h, w]. The values are those of separate
-            ``torch.randn`` calls; they are drawn into one pinned buffer and copied without a sync."""
-            gens = [g] if isinstance(g, torch.Generator) else list(g)
-            host = torch.empty((len(gens), batch, c, n, h, w), pin_memory=pin)
-            for i, gen in enumerate(gens):
-                torch.randn((batch, c, n, h, w), generator=gen, out=host[i])
-            out = host.to(device, non_blocking=True).to(dtype)
-            return out[0] if isinstance(g, torch.Generator) else out
-
-        # Encode every prompt up front (errors surface before any sampling); the text context
-        # (the per-prompt cross-attention cache) is built when its segment starts.
-        with torch.no_grad():
-            states = [self.text_encoder.encode(prompts)] + [self.text_encoder.encode(p) for _, p in plan]
-        for i, s in enumerate(states):
-            if not isinstance(s, torch.Tensor) or s.dim() != 3 or s.shape[0] != batch:
-                raise ValueError(f"text encoder returned {getattr(s, 'shape', type(s))} for "
-                                 f"{'the initial prompts' if i == 0 else f'switch {i}'}; expected [{batch}, L, D]")
-        self.memory = stack
-        if self.decoder is not None:
-            self.decoder.reset()
-        if self.graphed is not None:
-            self.graphed.reset()
-        decode = _DecodeQueue(self.decoder, device, self.overlap_decode)
-        ring: deque[tuple[int, torch.Tensor]] = deque(maxlen=self.recache_limit)
-        with torch.no_grad():
-            ctx = self._context(states[0].to(device))
-        current = list(prompts)
-        next_switch = 0
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=num_frames // fpc, desc="chunks", unit="chunk")
-        try:
-            for index, start in enumerate(range(0, num_frames, fpc)):
-                recached: list[int] = []
-                skipped = cache_only is not None and cache_only(index)
-                with torch.no_grad():
-                    if next_switch < len(plan) and plan[next_switch][0] == start:
-                        current = plan[next_switch][1]
-                        next_switch += 1
-                        ctx = self._context(states[next_switch].to(device))
-                        recached = self._recache(stack, ring, ctx)
-                    if prefix is not None and start < prefix.shape[2]:  # teacher forcing
-                        x0 = prefix[:, :, start:start + fpc].to(device=device, dtype=dtype)
-                        # draw what sampling would have drawn, so later chunks get the same noise
-                        for g in ([g_init] if noise is None else []) + [g_step] * (len(self.schedule) - 1):
-                            torch.randn((batch, c, fpc, h, w), generator=g)
-                    elif skipped:
-                        x0 = self._chunk_noise(start, fpc, noise, g_init, g_step, randn, device, dtype)
-                    else:
-                        x0 = self._denoise_chunk(stack, ctx, start, fpc, noise, g_init, g_step, randn, device, dtype)
-                    if not skipped and not bool(torch.isfinite(x0).all()):  # the one host sync of the chunk
-                        raise NonFiniteError(
-                            f"chunk {index} (latent frames {start}-{start + fpc - 1}) contains NaN/inf after "
-                            f"denoising (model dtype {dtype}); the checkpoint or the memory may be broken, "
-                            "or try float32")
-                    self._write_memory(stack, ctx, x0, start, g_step, fpc, randn)
-                    if self.recache_limit:
-                        for f in range(fpc):
-                            ring.append((start + f, x0[:, :, f].clone()))
-                    # queued after this chunk's DiT work; with overlap it runs beside the next chunk's
-                    decode.put(Chunk(index, start, x0, None, list(current), recached, skipped))
-                for done in decode.ready():
-                    if bar is not None:
-                        bar.update(1)
-                    yield done
-            for done in decode.drain():
-                if bar is not None:
-                    bar.update(1)
-                yield done
-        finally:
-            decode.close()
-            if bar is not None:
-                bar.close()
+        return GenerationSession(self, prompts, num_frames, **kwargs)
 
     def _chunk_noise(self, start, fpc, noise, g_init, g_step, randn, device, dtype) -> torch.Tensor:
         """A cache-only chunk's input: its initial noise, drawn exactly as ``_denoise_chunk`` draws."""
@@ -379,15 +269,15 @@ class VideoPipeline:
     def generate_video(self, prompts: str | Sequence[str], num_frames: int, *, out, memory="full",
                        seed: int = 0, noise: torch.Tensor | None = None, switches=None,
                        latent_shape: Sequence[int] = (16, 60, 104), progress: bool = True,
-                       return_latents: bool = False, prefix: torch.Tensor | None = None):
+                       return_latents: bool = False, prefix: torch.Tensor | None = None, crf: int = 18):
         """Generate and stream the decoded frames into mp4 file(s).
 
         ``out``: a path, or one path per batch item; a single path with a batch of B > 1 becomes
-        ``<stem>_<i><suffix>``. Returns the list of paths written (and the clean latents
-        [B, C, F, h, w] on the CPU when ``return_latents``).
+        ``<stem>_<i><suffix>``; ``crf``: x264 quality (0: lossless). Returns the list of paths written (and the
+        clean latents [B, C, F, h, w] on the CPU when ``return_latents``).
         """
         from fademem.pipeline.output import generate_video
 
         return generate_video(self, prompts, num_frames, out=out, memory=memory, seed=seed, noise=noise,
                               switches=switches, latent_shape=latent_shape, progress=progress,
-                              return_latents=return_latents, prefix=prefix)
+                              return_latents=return_latents, prefix=prefix, crf=crf)

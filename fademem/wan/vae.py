@@ -117,6 +117,20 @@ class WanVAEDecoder:
         self._first = True
         self.latent_frames = 0
 
+    def stream_state(self) -> dict:
+        """The causal feature cache between chunks (tensors, None or diffusers' ``"Rep"`` marker), for an
+        exact resume (``fademem generate --resume``)."""
+        return {"feat_cache": [x.clone() if isinstance(x, torch.Tensor) else x for x in self._feat_cache],
+                "first": self._first, "latent_frames": self.latent_frames}
+
+    def load_stream_state(self, state: dict) -> None:
+        cache = list(state["feat_cache"])
+        if len(cache) != self._num_convs or not all(x is None or isinstance(x, torch.Tensor | str) for x in cache):
+            raise ValueError(f"VAE stream state has {len(cache)} cache entries, this VAE {self._num_convs} convs")
+        self._feat_cache = [x.to(self.device) if isinstance(x, torch.Tensor) else x for x in cache]
+        self._first = bool(state["first"])
+        self.latent_frames = int(state["latent_frames"])
+
     def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
         """DiT latents -> VAE latents: latents * std + mean (in float32, per channel)."""
         dev = latents.device
