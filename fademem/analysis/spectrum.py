@@ -5,37 +5,43 @@ Pipeline, all streamed (only the last `max_lag` frames' band coefficients are ke
 1. Frame features: luma (BT.601), RGB per channel, or Wan-VAE latents (`--vae-dir`).
 2. Band decomposition: subtract each channel's spatial mean, apply a 2D Hann window (stops the
    frame border from leaking static energy into every band), real 2D FFT, and split the
-   coefficients into `bands` equal-width annuli of normalised radial frequency
-   rho = |f| / f_Nyquist in (0, 1]. DC (rho = 0) and the corners (rho > 1) belong to no band.
+   coefficients into `bands` annuli of normalised radial frequency rho = |f| / f_Nyquist:
+   log-spaced from rho_min (default 2 / min(H, W), the lowest non-DC ring; band 0 also takes what
+   lies below) to 1, so the bands are evenly spread on the log axis the power law is fitted on
+   (``band_scale="linear"``: the old equal-width annuli). A band sits at its energy-weighted
+   geometric centre exp(E[log rho]), measured on the clip, not at a nominal midpoint.
 3. Estimator: C_r(lag) = mean over frame pairs (t, t+lag) of the cosine
    Re<X_t^r, X_{t+lag}^r> / (|X_t^r| |X_{t+lag}^r|), where X_t^r stacks all band-r Fourier
-   coefficients (all channels) of frame t. Per-pair normalisation makes each pair count once,
-   whatever its energy (exposure changes, fades), and pools across videos and resolutions.
-   The temporal mean is NOT removed: content that stays put across the lag is precisely the
-   information that remains usable from distant memory, and removing a sample mean would need
-   two passes and bias long-lag correlations negative on short clips.
-4. Horizon t*(r): on the running-minimum envelope m(lag) of the curve (non-increasing, so noise
-   bumps do not count), t* is the first lag (linearly interpolated) where a flatness score drops
-   to <= eps. Default rule "slope": the envelope's slope over the lookahead [t, 1.5 t] is at most
-   eps times its mean slope over [0, t] -- scale-free (a curve flat from lag T gives ~0.95 T, an
-   exponential exp(-t/tau) gives ~3.6 tau) and blind to slow drifts later in the window. Rule
-   "drop": the remaining drop m(t) - m(L) is at most eps times the total drop m(0) - m(L).
-   Statuses: "static" (total drop < min_drop: never decorrelates, horizon := L), "too_slow"
-   (not flat within the searchable lags, or t* > censor_frac * L), "too_fast" (already flat
-   at lag 1; t* := 1), "undefined" (no valid pairs), else "resolved". Only resolved bands
-   enter the fit.
-5. r*(t) = largest band centre whose horizon is >= t (static bands count as horizon L).
-6. Fit log r = a - b log t* over the resolved bands (OLS, needs >= 3); CI: t-based on the OLS slope, and a
-   stratified block bootstrap that re-runs steps 3-6 on every replicate: pairs are assigned to
-   the block of their later frame, blocks of `block` frames (default censor_frac * max_lag, the
-   longest horizon that can be resolved, so a block outlasts the dependence it must keep) are
-   resampled with replacement within each video. Needs >= MIN_BOOT_BLOCKS blocks in all;
-   otherwise (and with ci="ols") the reported interval is the OLS one.
-7. beta = 1 - 2b (density matching, see `suggest_beta`), clipped to [beta_floor, 1].
+   coefficients (all channels) of frame t. The temporal mean is NOT removed: content that stays
+   put across the lag is precisely the information that remains usable from distant memory.
+4. Horizon t*(r): C(0) is replaced by the extrapolation 2 C(1) - C(2) (capped at 1), so per-frame
+   noise (a drop at every lag >= 1) neither counts as decorrelation nor enters the slope rule's
+   mean-slope denominator. On the running-minimum envelope m(lag), t* is the first lag
+   (interpolated) where a flatness score drops to <= eps. Rule "slope" (default): the envelope's
+   slope over [t, 1.5 t] is at most eps times its mean slope over [0, t]; rule "drop": the
+   remaining drop m(t) - m(L) is at most eps times the total drop. Statuses: "resolved" (the
+   only ones fitted), "too_fast" (flat from lag 1, or no measurable drop at a low level: t* < 1
+   lag), "too_slow" (no flat regime within the searchable lags, t* > censor_frac * L, or no
+   measurable drop at a high level: a lower bound), "undefined" (no valid pairs). Censored bands
+   get no horizon (NaN) and are never fitted at a stand-in value; their bounds are reported.
+   Horizons are reported in lags and in seconds (lag * frame_step / fps).
+5. r*(t) = largest band centre whose horizon is >= t (JSON only; the figure shows the fitted points).
+6. Fit log t* = c - k log f over the resolved bands (f: band centre, known; t*: the noisy measurement,
+   so it is the response), b = 1/k; see ``spectrum_stats``. Intervals on k, inverted to b: OLS
+   t-interval (misfit) and a stratified block bootstrap (pairs assigned to the block of their later
+   frame, blocks of `block` frames resampled within the clip; a band censored in a replicate is
+   left out of that replicate). The reported interval is their union. Verdict: "supported",
+   "weak" (< min_points points or r^2 < min_r2) or "none" (no power law supported). A sensitivity
+   grid (rule x eps) is reported beside the chosen rule.
+7. beta = 1 - 2b (density matching, see `suggest_beta`), clipped to [beta_floor, 1] and flagged
+   "saturated" when clipped at the floor; none when the verdict is "none".
+8. Several videos are pooled by clip (``spectrum_pool``): one slope, one intercept per clip,
+   intervals from the misfit, the within-clip bootstrap and the clip bootstrap.
 
 Modules: ``spectrum_params`` (``SpectrumParams``), ``spectrum_bands`` (steps 1-3: features, bands,
 the streamed estimator), ``spectrum_fit`` (steps 4-7: horizons, fit, bootstrap, beta,
-``analyse_stats`` / ``analyse_frames``), this one (video input: ``analyse_videos``,
+``analyse_stats`` / ``analyse_frames``), ``spectrum_stats`` (the regression, intervals, verdict),
+``spectrum_pool`` (pooling by clip), this one (video input: ``analyse_videos``,
 ``wan_vae_latents``) and ``spectrum_plot`` (figures, JSON, summary lines). The names of the first
 three are re-exported here.
 """
@@ -58,14 +64,15 @@ from fademem.analysis.spectrum_bands import (  # noqa: F401
     _ratio,
     accumulate,
     band_edges,
+    band_index,
     to_channels,
 )
 from fademem.analysis.spectrum_fit import (  # noqa: F401
     MIN_BOOT_BLOCKS,
-    _fit_curves,
     analyse_frames,
     analyse_stats,
     bootstrap_b,
+    censor_bounds,
     decorrelation_horizons,
     fit_power_law,
     flatness,
@@ -73,6 +80,8 @@ from fademem.analysis.spectrum_fit import (  # noqa: F401
     suggest_beta,
 )
 from fademem.analysis.spectrum_params import SpectrumParams
+from fademem.analysis.spectrum_pool import pool_clips  # noqa: F401
+from fademem.analysis.spectrum_stats import fit_horizons, verdict  # noqa: F401
 
 # ----------------------------------------------------------------------------- videos
 
@@ -116,7 +125,8 @@ def wan_vae_latents(frames: Iterable[np.ndarray], vae_dir, device: str = "cpu", 
 def analyse_videos(paths, params: SpectrumParams | None = None, *, size=None, stride: int = 1,
                    max_frames: int | None = None, vae_dir=None, device: str = "cpu",
                    pool: bool = True, progress: bool = True) -> dict:
-    """Stream every video, report per video and (pool=True, several videos) pooled over all pairs."""
+    """Stream every video, report per video (lags in seconds where the fps is known) and (pool=True,
+    several videos) pooled by clip."""
     from tqdm import tqdm
 
     from fademem.pipeline import video_io
@@ -126,7 +136,7 @@ def analyse_videos(paths, params: SpectrumParams | None = None, *, size=None, st
         params = SpectrumParams(**{**asdict(params), "channels": "raw"})
     if not paths:
         raise ValueError("no video given")
-    videos, all_stats = [], []
+    videos = []
     for path in paths:
         path = os.fspath(path)
         n_total = video_io.count_frames(path)
@@ -143,16 +153,16 @@ def analyse_videos(paths, params: SpectrumParams | None = None, *, size=None, st
             frames = wan_vae_latents(frames, vae_dir, device)
         stats = accumulate(frames, params, name=path)
         fps = video_io.video_fps(path)
-        res = analyse_stats([stats], params)
+        dt = step / fps if fps else float(step)  # no frame rate: "seconds" are source frames
+        res = analyse_stats([stats], params, dt)
         res.update(path=path, name=os.path.basename(path), n_frames_total=n_total, frame_step=step,
-                   fps=fps, lag_seconds=step / fps if fps else None)
+                   fps=fps, lag_seconds=step / fps if fps else None, time_unit="s" if fps else "frames")
         videos.append(res)
-        all_stats.append(stats)
     report = {"params": {**asdict(params), "size": size, "stride": stride, "max_frames": max_frames,
                          "vae_dir": None if vae_dir is None else os.fspath(vae_dir), "pool": pool},
               "videos": videos, "pooled": None}
-    if pool and len(all_stats) > 1:
-        report["pooled"] = analyse_stats(all_stats, params)
-    elif len(all_stats) == 1:
+    if pool and len(videos) > 1:
+        report["pooled"] = pool_clips(videos, params)
+    elif len(videos) == 1:
         report["pooled"] = videos[0]
     return report

@@ -18,8 +18,32 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # BT.601
 # ----------------------------------------------------------------------------- bands
 
 
-def band_edges(n_bands: int) -> np.ndarray:
-    return np.linspace(0.0, 1.0, n_bands + 1)
+def band_edges(n_bands: int, scale: str = "linear", rho_min: float | None = None) -> np.ndarray:
+    """Edges in rho = |f| / f_Nyquist. linear: R equal-width annuli of (0, 1]. log: log-spaced from
+    rho_min to 1 (equal width on the log axis the power law is fitted on); band 0 also takes the
+    few rings below rho_min, so edges[0] is 0 either way."""
+    if scale == "linear":
+        return np.linspace(0.0, 1.0, n_bands + 1)
+    edges = np.geomspace(rho_min, 1.0, n_bands + 1)
+    edges[0] = 0.0
+    return edges
+
+
+def band_index(h: int, w: int, n_bands: int, scale: str = "linear", rho_min: float | None = None) -> np.ndarray:
+    """Band of every rfft2 coefficient of an (h, w) frame (-1: DC; n_bands: the corners rho > 1)."""
+    fy = np.fft.fftfreq(h)[:, None] / 0.5
+    fx = np.fft.rfftfreq(w)[None, :] / 0.5
+    rho = np.hypot(fy, fx)
+    if scale == "linear":
+        return np.ceil(rho * n_bands).astype(int) - 1  # (0, 1/R] -> 0, ...
+    edges = band_edges(n_bands, scale, default_rho_min(h, w) if rho_min is None else rho_min)
+    band = np.searchsorted(edges[1:], rho, side="left")  # (0, e1] -> 0, (e1, e2] -> 1, ...
+    band[rho == 0] = -1
+    return band
+
+
+def default_rho_min(h: int, w: int) -> float:
+    return 2.0 / min(h, w)
 
 
 class BandLayout:
@@ -30,11 +54,13 @@ class BandLayout:
     the full-spectrum inner product.
     """
 
-    def __init__(self, shape: tuple[int, int, int], n_bands: int, window: str = "hann"):
+    def __init__(self, shape: tuple[int, int, int], n_bands: int, window: str = "hann", scale: str = "linear",
+                 rho_min: float | None = None):
         c, h, w = shape
         fy = np.fft.fftfreq(h)[:, None] / 0.5
         fx = np.fft.rfftfreq(w)[None, :] / 0.5
-        band = np.ceil(np.hypot(fy, fx) * n_bands).astype(int) - 1  # (0, 1/R] -> 0, ...
+        band = band_index(h, w, n_bands, scale, rho_min)
+        log_rho = np.log(np.maximum(np.hypot(fy, fx), 1e-12))
         weight = np.full(band.shape, 2.0)
         weight[:, 0] = 1.0
         if w % 2 == 0:
@@ -51,6 +77,8 @@ class BandLayout:
         self.shape, self.n_bands = (c, h, w), n_bands
         self.order = order
         self.sqrt_w = np.sqrt(np.tile(weight.ravel(), c)[order]).astype(np.float32)
+        self.log_rho = np.tile(log_rho.ravel(), c)[order]
+        self.rho_min = default_rho_min(h, w) if rho_min is None else rho_min
         self.bounds = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         self.sizes = sizes
         self.window = (np.outer(np.hanning(h), np.hanning(w)).astype(np.float32) if window == "hann" else None)
@@ -98,6 +126,16 @@ class LagStats:
     sums: np.ndarray
     counts: np.ndarray
     n_frames: int
+    energy: np.ndarray | None = None  # (bands,) total band energy over all frames
+    log_rho_energy: np.ndarray | None = None  # (bands,) sum of energy * log(rho): energy-weighted centres
+    edges: np.ndarray | None = None  # band edges in rho
+
+    def centres(self) -> np.ndarray | None:
+        """Energy-weighted geometric centre of every band, exp(sum e log rho / sum e) (None if unknown)."""
+        if self.energy is None:
+            return None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.exp(self.log_rho_energy / self.energy)
 
     def curves(self) -> np.ndarray:
         """C_r(lag) as (bands, max_lag + 1)."""
@@ -123,13 +161,18 @@ class LagAccumulator:
         x = to_channels(frame, self.p.channels)
         L, R = self.p.max_lag, self.p.bands
         if self.layout is None:
-            self.layout = BandLayout(x.shape, R, self.p.window)
+            self.layout = BandLayout(x.shape, R, self.p.window, self.p.band_scale, self.p.rho_min)
             self.buf = np.zeros((L + 1, self.layout.order.size), np.complex64)
             self.energy = np.zeros((L + 1, R))
+            self.e_total = np.zeros(R)
+            self.log_rho_e = np.zeros(R)
         elif x.shape != self.layout.shape:
             raise ValueError(f"frame {self.t} has shape {x.shape}, earlier frames {self.layout.shape}")
         c = self.layout.transform(x)
-        e = self.layout.band_sums((c.real**2 + c.imag**2).astype(np.float64))
+        power = (c.real**2 + c.imag**2).astype(np.float64)
+        e = self.layout.band_sums(power)
+        self.e_total += e
+        self.log_rho_e += self.layout.band_sums(power * self.layout.log_rho)
         blk = self.t // self.p.block_len
         while len(self.sums) <= blk:
             self.sums.append(np.zeros((L + 1, R)))
@@ -156,7 +199,9 @@ class LagAccumulator:
                 f"{name}: only {self.t} frames to analyse, fewer than max_lag + 1 = {self.p.max_lag + 1}; "
                 "lower max_lag or stride"
             )
-        return LagStats(np.stack(self.sums), np.stack(self.counts), self.t)
+        edges = band_edges(self.p.bands, self.p.band_scale, self.layout.rho_min)
+        return LagStats(np.stack(self.sums), np.stack(self.counts), self.t, self.e_total.copy(),
+                        self.log_rho_e.copy(), edges)
 
 
 def accumulate(frames: Iterable[np.ndarray], params: SpectrumParams, name: str = "frames") -> LagStats:

@@ -1,17 +1,17 @@
 """Horizons, the power-law fit, its intervals and beta (steps 4-7 of ``fademem.analysis.spectrum``):
-decorrelation horizons t*(r), r*(t), the OLS fit of log r = a - b log t, the stratified block
-bootstrap, and the FadeMem exponent beta = 1 - 2b."""
+decorrelation horizons t*(r) with censoring, r*(t), the fit of log t* on log f (``spectrum_stats``),
+the stratified block bootstrap, the rule/eps sensitivity grid and the FadeMem exponent beta = 1 - 2b."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
-import scipy.stats
 
 from fademem.analysis.spectrum_bands import LagStats, _ratio, accumulate, band_edges
 from fademem.analysis.spectrum_params import SpectrumParams
+from fademem.analysis.spectrum_stats import b_interval, fit_horizons, quantile_interval, summarise_fit, verdict
 
 MIN_BOOT_BLOCKS = 5
 
@@ -39,34 +39,60 @@ def flatness(env: np.ndarray, rule: str, lookahead: float) -> np.ndarray:
     return g
 
 
+def lag0_extrapolated(curve: np.ndarray) -> float:
+    """The noise-free C(0): C(0) = 1 by construction, but independent per-frame noise (sensor noise,
+    compression, flicker) makes every lag >= 1 drop at once (a "nugget"). Extrapolating the curve
+    linearly from lags 1 and 2 to lag 0 (capped at 1) removes that step, so it neither counts as
+    decorrelation nor enters the slope rule's mean-slope denominator."""
+    if len(curve) < 3:
+        return float(curve[0])
+    return float(min(curve[0], 2 * curve[1] - curve[2]))
+
+
 def decorrelation_horizons(curves: np.ndarray, params: SpectrumParams) -> tuple[np.ndarray, list[str]]:
-    """t*(r) per band (in lag units) and its status; see the module docstring for the rule."""
+    """t*(r) per band (in lag units) and its status; see the module docstring for the rule.
+
+    Only "resolved" bands get a horizon. "too_fast" (flat from lag 1: decorrelated within one lag,
+    horizon < 1 lag) and "too_slow" (no flat regime within the searchable lags, beyond
+    censor_frac * max_lag, or no measurable drop at all while the correlation stays high) are
+    censored: NaN, with the bound given by `censor_bounds`. "undefined": no valid pairs."""
     L = curves.shape[1] - 1
     horizons, status = np.full(len(curves), np.nan), []
-    for r, curve in enumerate(curves):
+    for curve in curves:
         if not np.isfinite(curve).all():
             status.append("undefined")
             continue
+        curve = curve.astype(float).copy()
+        curve[0] = lag0_extrapolated(curve)
         env = np.minimum.accumulate(curve)
         if env[0] - env[-1] < params.min_drop:
-            horizons[r] = L
-            status.append("static")
+            # no measurable decay over lags >= 1: the level tells a persistent band from a lost one
+            status.append("too_slow" if env[0] > 0.5 else "too_fast")
             continue
         g = flatness(env, params.rule, params.lookahead)
         below = np.flatnonzero(g[1:] <= params.eps)
         if below.size == 0:  # never flat within the searchable lags: a lower bound
-            horizons[r] = L / (1 + params.lookahead)
             status.append("too_slow")
             continue
         k = int(below[0]) + 1
         if k == 1:
-            horizons[r] = 1.0
             status.append("too_fast")
             continue
         hi, lo = g[k - 1], g[k]
-        horizons[r] = k - 1 + (hi - params.eps) / (hi - lo) if np.isfinite(hi) and hi > lo else float(k)
-        status.append("too_slow" if horizons[r] > params.censor_frac * L else "resolved")
+        h = k - 1 + (hi - params.eps) / (hi - lo) if np.isfinite(hi) and hi > lo else float(k)
+        if h > params.censor_frac * L:
+            status.append("too_slow")
+            continue
+        horizons[len(status)] = h
+        status.append("resolved")
     return horizons, status
+
+
+def censor_bounds(status: list[str], params: SpectrumParams) -> list:
+    """What a censored band says, in lags: too_fast -> ("<", 1), too_slow -> (">", censor_frac * L)."""
+    L = params.max_lag
+    return [("<", 1.0) if s == "too_fast" else (">", params.censor_frac * L) if s == "too_slow" else None
+            for s in status]
 
 
 def stable_radius(horizons: np.ndarray, centres: np.ndarray, max_lag: int) -> np.ndarray:
@@ -77,62 +103,73 @@ def stable_radius(horizons: np.ndarray, centres: np.ndarray, max_lag: int) -> np
 
 
 def fit_power_law(t: np.ndarray, r: np.ndarray, level: float = 0.95) -> dict | None:
-    """OLS of log r = a - b log t; b, log a, r2 and the t-based CI of b. None below 3 points
-    (two points always fit exactly and leave no residual to judge the fit by)."""
-    t, r = np.asarray(t, float), np.asarray(r, float)
-    if len(t) < 3 or np.ptp(np.log(t)) == 0:
+    """r ~ t^-b from horizons t at band centres r, by the regression of log t on log r (see
+    ``spectrum_stats``): b = 1/k, log a (of log r = log a - b log t), r2, n_points, ci_ols. None below
+    3 points or when the horizons do not shorten with frequency (k <= 0)."""
+    fit = fit_horizons(r, t, level=level)
+    if fit is None or fit["b"] is None:
         return None
-    x, y = np.log(t), np.log(r)
-    slope, a = np.polyfit(x, y, 1)
-    resid = y - (a + slope * x)
-    sxx = ((x - x.mean()) ** 2).sum()
-    syy = ((y - y.mean()) ** 2).sum()
-    out = {"b": -slope, "log_a": a, "n_points": len(t), "r2": 1 - (resid**2).sum() / syy if syy > 0 else 1.0,
-           "ci_ols": None}
-    se = math.sqrt((resid**2).sum() / (len(t) - 2) / sxx)
-    q = scipy.stats.t.ppf((1 + level) / 2, len(t) - 2)
-    out["ci_ols"] = [-slope - q * se, -slope + q * se]
-    return out
+    return {**fit, "log_a": fit["log_c"] * fit["b"], "ci_ols": fit["b_ci_ols"]}
 
 
-def _fit_curves(curves, centres, params):
-    horizons, status = decorrelation_horizons(curves, params)
+def _resolved_fit(horizons, status, centres, params, dt=1.0):
     ok = np.array([s == "resolved" for s in status])
-    return horizons, status, fit_power_law(horizons[ok], centres[ok], params.level)
+    return ok, fit_horizons(centres[ok], horizons[ok] * dt, level=params.level)
 
 
-def bootstrap_b(stats: list[LagStats], centres: np.ndarray, params: SpectrumParams, bands: np.ndarray) -> np.ndarray:
-    """b on `n_boot` stratified block-bootstrap replicates, over the band set `bands` (boolean mask)
-    chosen on the full data -- re-selecting bands per replicate would mix in model-selection flips.
-    NaN where a replicate leaves fewer than 3 finite horizons."""
+def bootstrap_horizons(stats: list[LagStats], params: SpectrumParams, bands: np.ndarray) -> np.ndarray:
+    """Horizons (lags) on `n_boot` stratified block-bootstrap replicates, (n_boot, n_bands): NaN
+    wherever a band is not resolved in the replicate (a censored replicate band is left out, never
+    fitted at a stand-in value) or was not resolved on the full data (`bands`, boolean mask:
+    re-selecting bands per replicate would mix model-selection flips into the interval)."""
     rng = np.random.default_rng(params.seed)
-    out = np.full(params.n_boot, np.nan)
+    out = np.full((params.n_boot, len(bands)), np.nan)
     for i in range(params.n_boot):
         s = n = 0.0
         for st in stats:
             idx = rng.integers(0, len(st.sums), len(st.sums))
             s = s + st.sums[idx].sum(0)
             n = n + st.counts[idx].sum(0)
-        horizons = decorrelation_horizons(_ratio(s, n).T[bands], params)[0]
-        ok = np.isfinite(horizons)
-        fit = fit_power_law(horizons[ok], centres[bands][ok], params.level)
-        if fit is not None:
-            out[i] = fit["b"]
+        h, status = decorrelation_horizons(_ratio(s, n).T, params)
+        keep = bands & np.array([x == "resolved" for x in status])
+        out[i, keep] = h[keep]
     return out
 
 
-def suggest_beta(b: float | None, ci: list | None = None, floor: float = 0.05) -> dict:
+def bootstrap_k(boot_h: np.ndarray, centres: np.ndarray, level: float) -> np.ndarray:
+    """k of every replicate (NaN where a replicate leaves fewer than 3 resolved bands)."""
+    ks = np.full(len(boot_h), np.nan)
+    for i, h in enumerate(boot_h):
+        fit = fit_horizons(centres, h, level=level)
+        if fit is not None:
+            ks[i] = fit["k"]
+    return ks
+
+
+def bootstrap_b(stats: list[LagStats], centres: np.ndarray, params: SpectrumParams, bands: np.ndarray) -> np.ndarray:
+    """b = 1/k on the block-bootstrap replicates (NaN: invalid replicate or k <= 0)."""
+    ks = bootstrap_k(bootstrap_horizons(stats, params, bands), centres, params.level)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ks > 0, 1 / ks, np.nan)
+
+
+def suggest_beta(b: float | None, ci: list | None = None, floor: float = 0.05, verdict: str = "supported") -> dict:
     """FadeMem exponent from the measured decay.
 
     The schedule u(d) = d^beta merges the adjacent pair closest in warped space, so entries end
     up roughly uniform in u: entry density per unit distance ~ du/dd ~ d^(beta-1). The stable
     information at distance t scales like the number of stable 2D Fourier modes,
-    ~ r*(t)^2 ~ t^(-2b). Matching exponents: beta - 1 = -2b, beta = 1 - 2b, clipped to
-    [floor, 1] (1 - 2b <= 0 means the stable bandwidth shrinks faster than any beta in (0, 1]
-    can follow; b < 0 means it does not shrink, and beta = 1 keeps uniform density).
+    ~ r*(t)^2 ~ t^(-2b). Matching exponents: beta = 1 - 2b, clipped to [floor, 1].
+
+    The mapping saturates: every b >= (1 - floor) / 2 gives the floor, so a clipped beta is not a
+    measurement ("saturated": True, the summary says so). No beta at all without a fit, or when
+    the verdict is "none" (no power law supported: there is nothing to match).
     """
     if b is None or not np.isfinite(b):
-        return {"beta": None, "beta_ci": None, "raw": None, "note": "no fit of b, no beta"}
+        return {"beta": None, "beta_ci": None, "raw": None, "saturated": False, "note": "no fit of b, no beta"}
+    if verdict == "none":
+        return {"beta": None, "beta_ci": None, "raw": 1 - 2 * b, "saturated": False,
+                "note": "no power law supported: no beta suggested"}
 
     def clip(v):
         return float(min(max(v, floor), 1.0))
@@ -140,55 +177,96 @@ def suggest_beta(b: float | None, ci: list | None = None, floor: float = 0.05) -
     raw = 1 - 2 * b
     note = None
     if raw <= 0:
-        note = f"1 - 2b = {raw:.3f} <= 0: clipped to the floor {floor}"
+        note = f"1 - 2b = {raw:.3f} <= 0: saturated at the floor {floor} (any b >= {(1 - floor) / 2:.3f} gives it)"
     elif raw < floor:
-        note = f"1 - 2b = {raw:.3f} below the floor: clipped to {floor}"
+        note = f"1 - 2b = {raw:.3f} below the floor: saturated at {floor}"
     elif raw > 1:
         note = f"1 - 2b = {raw:.3f} > 1 (b < 0, no shrinkage): clipped to 1"
     beta_ci = None
-    if ci is not None and all(v is not None and np.isfinite(v) for v in ci):
-        beta_ci = sorted([clip(1 - 2 * ci[1]), clip(1 - 2 * ci[0])])
-    return {"beta": clip(raw), "beta_ci": beta_ci, "raw": raw, "note": note}
+    if ci is not None and all(v is not None for v in ci):
+        beta_ci = sorted([clip(1 - 2 * ci[1]) if np.isfinite(ci[1]) else floor, clip(1 - 2 * ci[0])])
+    return {"beta": clip(raw), "beta_ci": beta_ci, "raw": raw, "saturated": raw < floor, "note": note}
 
 
-def analyse_stats(stats: list[LagStats], params: SpectrumParams) -> dict:
-    """Curves, horizons, r*(t), the power-law fit with its intervals and beta, as a JSON-able dict."""
-    edges = band_edges(params.bands)
-    centres = (edges[:-1] + edges[1:]) / 2
+def band_centres(stats: list[LagStats], params: SpectrumParams) -> tuple[np.ndarray, np.ndarray]:
+    """(edges, centres): energy-weighted geometric band centres where the stats carry energies (the
+    point on the log-f axis a band's horizon belongs to), else the geometric / linear midpoints."""
+    edges = stats[0].edges if stats[0].edges is not None else band_edges(params.bands)
+    if all(st.energy is not None for st in stats):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            centres = np.exp(sum(st.log_rho_energy for st in stats) / sum(st.energy for st in stats))
+        if np.isfinite(centres).all():
+            return edges, centres
+    lo = np.where(edges[:-1] > 0, edges[:-1], edges[1] / 2)
+    return edges, (np.sqrt(lo * edges[1:]) if params.band_scale == "log" else (edges[:-1] + edges[1:]) / 2)
+
+
+def sensitivity(curves: np.ndarray, centres: np.ndarray, params: SpectrumParams, dt: float = 1.0) -> list[dict]:
+    """b, points, r^2 and verdict for every horizon rule x eps in params.eps_grid (point fits)."""
+    rows = []
+    for rule in ("slope", "drop"):
+        for eps in params.eps_grid:
+            p = replace(params, rule=rule, eps=eps)
+            h, status = decorrelation_horizons(curves, p)
+            ok, fit = _resolved_fit(h, status, centres, p, dt)
+            v = verdict(fit, None if fit is None else fit["k_ci_ols"], p.min_points, p.min_r2)
+            rows.append({"rule": rule, "eps": eps, "b": None if fit is None else fit["b"],
+                         "n_points": int(ok.sum()), "r2": None if fit is None else fit["r2"],
+                         "verdict": v["verdict"]})
+    return rows
+
+
+def analyse_stats(stats: list[LagStats], params: SpectrumParams, dt: float = 1.0) -> dict:
+    """One clip: curves, horizons (lags and seconds, dt = seconds per analysed frame), the fit of
+    log t* on log f with its intervals, verdict, sensitivity grid and beta, as a dict. Several stats
+    are pooled by summing frame pairs -- only meaningful for pieces of one clip (same frame rate and
+    size); clips are pooled by ``spectrum_pool.pool_clips``."""
+    edges, centres = band_centres(stats, params)
     counts = sum(st.counts.sum(0) for st in stats)
     curves = _ratio(sum(st.sums.sum(0) for st in stats), counts).T
-    horizons, status, fit = _fit_curves(curves, centres, params)
+    horizons, status = decorrelation_horizons(curves, params)
+    ok, fit = _resolved_fit(horizons, status, centres, params, dt)
+    bounds = censor_bounds(status, params)
     res = {
         "n_frames": sum(st.n_frames for st in stats),
+        "dt": dt,
         "lags": list(range(params.max_lag + 1)),
+        "lags_s": [lag * dt for lag in range(params.max_lag + 1)],
         "band_edges": edges.tolist(),
         "band_centres": centres.tolist(),
         "curves": curves.tolist(),
+        "nugget": [None if not np.isfinite(c).all() else 1 - lag0_extrapolated(c) for c in curves],
         "pairs_per_lag": counts.max(1).astype(int).tolist(),
         "horizons": horizons.tolist(),
+        "horizons_s": (horizons * dt).tolist(),
         "horizon_status": status,
+        "horizon_bounds_s": [None if bd is None else [bd[0], bd[1] * dt] for bd in bounds],
         "r_star": stable_radius(horizons, centres, params.max_lag).tolist(),
-        "fit": fit,
-        "b": None if fit is None else fit["b"],
-        "ci_ols": None if fit is None else fit["ci_ols"],
+        "ci_ols": None if fit is None else fit["b_ci_ols"],
         "ci_bootstrap": None,
+        "bootstrap": None,
     }
+    k_int = {"ols": None if fit is None else fit["k_ci_ols"], "block": None}
     n_blocks = sum(len(st.sums) for st in stats)
+    boot_h = None
     if params.n_boot > 0 and fit is not None and n_blocks >= MIN_BOOT_BLOCKS:
-        boots = bootstrap_b(stats, centres, params, np.array([st == "resolved" for st in status]))
-        good = boots[np.isfinite(boots)]
+        boot_h = bootstrap_horizons(stats, params, ok)
+        ks = bootstrap_k(boot_h, centres, params.level)
+        valid = float(np.isfinite(ks).mean())
         res["bootstrap"] = {"n_boot": params.n_boot, "n_blocks": n_blocks, "block_frames": params.block_len,
-                            "valid_fraction": len(good) / params.n_boot}
-        if len(good) >= 0.5 * params.n_boot:
-            alpha = (1 - params.level) / 2
-            res["ci_bootstrap"] = np.quantile(good, [alpha, 1 - alpha]).tolist()
-    res["ci"] = res["ci_bootstrap"] if params.ci == "bootstrap" and res["ci_bootstrap"] else res["ci_ols"]
-    res["ci_method"] = "bootstrap" if res["ci"] is not None and res["ci"] is res["ci_bootstrap"] else "ols"
-    res["beta"] = suggest_beta(res["b"], res["ci"], params.beta_floor)
+                            "valid_fraction": valid}
+        if valid >= 0.5:
+            k_int["block"] = quantile_interval(ks, params.level)
+            res["ci_bootstrap"] = b_interval(k_int["block"])
+    res.update(summarise_fit(fit, k_int if params.ci == "bootstrap" else {"ols": k_int["ols"]}, params.level,
+                             params.min_points, params.min_r2))
+    res["sensitivity"] = sensitivity(curves, centres, params, dt)
+    res["beta"] = suggest_beta(res["b"], res["ci"], params.beta_floor, res["verdict"])
+    res["_boot_h_s"] = None if boot_h is None else boot_h * dt  # for pooling by clip; not written out
     return res
 
 
-def analyse_frames(frames: Iterable[np.ndarray], params: SpectrumParams | None = None) -> dict:
+def analyse_frames(frames: Iterable[np.ndarray], params: SpectrumParams | None = None, dt: float = 1.0) -> dict:
     """Array entry point: analyse one frame sequence ((H, W), (H, W, 3) or raw (C, H, W) frames)."""
     params = (params or SpectrumParams()).validate()
-    return analyse_stats([accumulate(frames, params)], params)
+    return analyse_stats([accumulate(frames, params)], params, dt)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class SpectrumParams:
     bands: int = 8
+    band_scale: str = "log"  # log | linear: band edges in rho = |f| / f_Nyquist
+    rho_min: float | None = None  # log bands: lowest edge; None -> 2 / min(H, W), the lowest non-DC ring
     max_lag: int = 32
     channels: str = "luma"  # luma | rgb | raw (frames already (C, H, W) or (H, W))
     window: str = "hann"  # hann | none
@@ -24,6 +26,9 @@ class SpectrumParams:
     ci: str = "bootstrap"  # bootstrap | ols: which interval the summary / beta use
     seed: int = 0
     beta_floor: float = 0.05
+    min_points: int = 4  # resolved bands a fit needs before it can be called a power law
+    min_r2: float = 0.8  # r^2 below this: "weak" (below min_r2 / 2 ... see spectrum_stats.verdict)
+    eps_grid: tuple = (0.05, 0.1, 0.2)  # sensitivity grid: every rule x these eps
 
     def validate(self) -> SpectrumParams:
         if self.bands < 2:
@@ -34,6 +39,10 @@ class SpectrumParams:
             raise ValueError(f"channels must be luma, rgb or raw, got {self.channels!r}")
         if self.window not in ("hann", "none"):
             raise ValueError(f"window must be hann or none, got {self.window!r}")
+        if self.band_scale not in ("log", "linear"):
+            raise ValueError(f"band_scale must be log or linear, got {self.band_scale!r}")
+        if self.rho_min is not None and not 0 < self.rho_min < 1:
+            raise ValueError(f"rho_min must be in (0, 1), got {self.rho_min}")
         if self.rule not in ("slope", "drop"):
             raise ValueError(f"rule must be slope or drop, got {self.rule!r}")
         if self.lookahead <= 0:

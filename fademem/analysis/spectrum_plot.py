@@ -9,63 +9,75 @@ import os
 import numpy as np
 
 
+def _arr(values) -> np.ndarray:
+    return np.asarray([np.nan if v is None else v for v in values], float)
+
+
+def _fit_panel(ax, clips, fit_k, cmap, title):
+    """log-log t* (s) vs band centre: resolved points filled, censored bands as arrows at their
+    bound (^ too slow: a lower bound, v too fast: an upper bound), the fitted line per clip."""
+    for j, res in enumerate(clips):
+        centres, h = _arr(res["band_centres"]), _arr(res["horizons_s"])
+        bounds = res["horizon_bounds_s"]
+        colour = cmap(j / max(1, len(clips) - 1)) if len(clips) > 1 else "k"
+        ok = np.isfinite(h)
+        ax.plot(centres[ok], h[ok], "o", color=colour, ms=6, label=res.get("name", "resolved") if len(clips) > 1
+                else f"resolved ({ok.sum()})")
+        for c, bd in zip(centres, bounds, strict=True):
+            if bd is not None:
+                ax.plot(c, bd[1], "^" if bd[0] == ">" else "v", mfc="white", mec=colour, ms=7)
+        if fit_k is not None and ok.sum() >= 2:
+            x = np.log(centres[ok])
+            c0 = np.mean(np.log(h[ok]) + fit_k * x)
+            ff = np.geomspace(centres.min(), centres.max(), 30)
+            ax.plot(ff, np.exp(c0) * ff ** (-fit_k), "--", color=colour, lw=1)
+    ax.plot([], [], "^", mfc="white", mec="0.4", label="too slow (lower bound)")
+    ax.plot([], [], "v", mfc="white", mec="0.4", label="too fast (upper bound)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("band centre $f$ (energy-weighted, / Nyquist)")
+    ax.set_ylabel("decorrelation horizon $t^*$ (s)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower left")
+
+
+def _fit_title(res) -> str:
+    if res.get("b") is None:
+        return f"(b) fit of log t* on log f: {res.get('verdict', 'none')}"
+    ci = res.get("ci")
+    ci_s = "" if not ci else f" [{ci[0]:.2f}, {'inf' if ci[1] is None else f'{ci[1]:.2f}'}]"
+    r2 = res["fit"]["r2"]
+    return f"(b) $t^* \\propto f^{{-1/b}}$, b = {res['b']:.2f}{ci_s}, r$^2$ = {r2:.2f}: {res['verdict']}"
+
+
 def plot_spectrum(res: dict, path, title: str | None = None) -> None:
-    """Two panels: (a) C_r(lag) per band, coloured by band, horizons marked;
-    (b) r*(t) on log-log axes with the band boundary points and the fitted power law."""
+    """Two panels: (a) C_r(lag) per band against lag in seconds, resolved horizons marked;
+    (b) exactly what is fitted: t*(f) on log-log axes, censored bands as bound arrows, the fit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import ListedColormap, Normalize
 
     curves = np.asarray(res["curves"], float)
-    lags = np.asarray(res["lags"])
-    centres = np.asarray(res["band_centres"])
-    horizons = np.asarray([np.nan if h is None else h for h in res["horizons"]], float)
-    status = res["horizon_status"]
-    cmap = ListedColormap(matplotlib.colormaps["plasma"](np.linspace(0, 0.9, 256)))
+    lags = _arr(res["lags_s"])
+    centres = _arr(res["band_centres"])
+    horizons = _arr(res["horizons_s"])
+    cmap = matplotlib.colormaps["viridis"]
+    unit = res.get("time_unit", "s")
 
-    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(12, 4.6))
     for r, curve in enumerate(curves):
-        colour = cmap(centres[r])
-        ax_a.plot(lags, curve, color=colour, lw=1.5)
-        if np.isfinite(horizons[r]) and status[r] != "static":
-            y = np.interp(horizons[r], lags, curve)
-            filled = status[r] == "resolved"
-            ax_a.plot(horizons[r], y, "o", ms=5, mec=colour, mfc=colour if filled else "white")
-    ax_a.set_xlabel("temporal lag $\\Delta$ (frames)")
+        colour = cmap(r / max(1, len(curves) - 1))
+        ax_a.plot(lags, curve, color=colour, lw=1.5, label=f"f = {centres[r]:.3f} ({res['horizon_status'][r]})")
+        if np.isfinite(horizons[r]):
+            ax_a.plot(horizons[r], np.interp(horizons[r], lags, curve), "o", ms=6, color=colour, mec="k")
+    ax_a.set_xlabel(f"temporal lag $\\Delta$ ({unit})")
     ax_a.set_ylabel("correlation $C_r(\\Delta)$")
-    ax_a.set_title("(a) correlation vs lag per band")
+    ax_a.set_title("(a) correlation vs lag per band (o: resolved horizon)", fontsize=9)
     ax_a.grid(alpha=0.3)
-    bar = fig.colorbar(ScalarMappable(norm=Normalize(0, 1), cmap=cmap), ax=ax_a, pad=0.01)
-    bar.set_label("radial frequency $r$ / Nyquist")
-
-    r_star = np.asarray([np.nan if v is None else v for v in res["r_star"]], float)
-    t = np.arange(1, len(r_star) + 1)
-    ok = np.isfinite(r_star)
-    if ok.any():
-        ax_b.step(t[ok], r_star[ok], where="post", color="0.4", lw=1.2, label="$r^*(t)$")
-    resolved = np.array([s == "resolved" for s in status])
-    ax_b.scatter(horizons[resolved], centres[resolved], c=[cmap(c) for c in centres[resolved]],
-                 zorder=3, label="$(t^*(r), r)$ resolved")
-    other = np.isfinite(horizons) & ~resolved
-    if other.any():
-        ax_b.scatter(horizons[other], centres[other], facecolors="none", edgecolors="0.5", zorder=3,
-                     label="censored horizon")
-    if res["b"] is not None:
-        tt = np.geomspace(max(1.0, np.nanmin(horizons[resolved])), np.nanmax(horizons[resolved]), 50)
-        label = f"fit $r^* \\propto t^{{-b}}$, b = {res['b']:.2f}"
-        if res.get("ci"):
-            label += f" [{res['ci'][0]:.2f}, {res['ci'][1]:.2f}]"
-        ax_b.plot(tt, np.exp(res["fit"]["log_a"]) * tt ** (-res["b"]), "k--", lw=1.2, label=label)
-    ax_b.set_xscale("log")
-    ax_b.set_yscale("log")
-    ax_b.set_xlabel("temporal distance $t$ (frames)")
-    ax_b.set_ylabel("stable frequency radius $r^*(t)$")
-    ax_b.set_title("(b) stable radius vs distance")
-    ax_b.grid(alpha=0.3, which="both")
-    ax_b.legend(fontsize=8, loc="lower left")
+    ax_a.legend(fontsize=7, loc="upper right")
+    _fit_panel(ax_b, [res], res.get("k"), cmap, _fit_title(res))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -73,9 +85,26 @@ def plot_spectrum(res: dict, path, title: str | None = None) -> None:
     plt.close(fig)
 
 
+def plot_pooled(pooled: dict, clips: list[dict], path) -> None:
+    """All clips' points and censored bounds, with the common (pooled) slope through each clip."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    _fit_panel(ax, clips, pooled.get("k"), matplotlib.colormaps["tab10"],
+               _fit_title(pooled).replace("(b) ", f"pooled by clip ({len(clips)} clips): "))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _jsonable(obj):
     if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
+        return {k: _jsonable(v) for k, v in obj.items() if not str(k).startswith("_")}
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
     if isinstance(obj, list | tuple):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, np.generic):
@@ -96,26 +125,40 @@ def write_report(report: dict, out_dir) -> dict:
         paths["figures"].append(png)
     if report["pooled"] is not None and len(report["videos"]) > 1:
         png = os.path.join(out_dir, "pooled.png")
-        plot_spectrum(report["pooled"], png, title=f"pooled over {len(report['videos'])} videos")
+        plot_pooled(report["pooled"], report["videos"], png)
         paths["figures"].append(png)
     with open(paths["json"], "w") as fh:
         json.dump(report, fh, indent=1)
     return paths
 
 
+def _ci_str(ci) -> str:
+    if not ci:
+        return "(no interval)"
+    return f"[{ci[0]:.3f}, {'inf' if ci[1] is None or not math.isfinite(ci[1]) else f'{ci[1]:.3f}'}]"
+
+
 def format_summary(res: dict, label: str, with_beta: bool, level: float = 0.95) -> str:
-    """One line: b with its interval (and the suggested beta), for the CLI."""
-    n_res = sum(s == "resolved" for s in res["horizon_status"])
+    """One line: b with its interval and verdict, the sensitivity range (and the suggested beta)."""
+    status = res.get("horizon_status")
+    bands = "" if status is None else (
+        f", bands: {status.count('resolved')} resolved / {status.count('too_fast')} too fast / "
+        f"{status.count('too_slow')} too slow")
     if res["b"] is None:
-        line = f"{label}: no power-law fit ({n_res}/{len(res['horizons'])} bands with a resolved horizon)"
+        line = f"{label}: no power-law fit{bands}; verdict: {res.get('verdict', 'none')} ({res.get('reason', '')})"
     else:
-        ci = res["ci"]
-        ci_s = f"[{ci[0]:.3f}, {ci[1]:.3f}] ({res['ci_method']} {level:.0%})" if ci else "(no interval)"
-        line = f"{label}: b = {res['b']:.3f} {ci_s}, {n_res}/{len(res['horizons'])} bands resolved"
+        line = (f"{label}: b = {res['b']:.3f} {_ci_str(res['ci'])} ({res['ci_method']}, {level:.0%}){bands}; "
+                f"verdict: {res['verdict']} ({res['reason']})")
+    grid = res.get("sensitivity") or []
+    bs = [row["b"] for row in grid if row["b"] is not None]
+    if grid:
+        sup = sum(row["verdict"] == "supported" for row in grid)
+        rng = f"b in [{min(bs):.2f}, {max(bs):.2f}]" if bs else "no fit"
+        line += f"; rule x eps grid: {rng}, {sup}/{len(grid)} cells supported"
     if with_beta:
         beta = res["beta"]
         if beta["beta"] is None:
-            line += "; suggested beta: n/a"
+            line += f"; suggested beta: n/a ({beta['note']})"
         else:
             bci = beta["beta_ci"]
             line += f"; suggested beta = {beta['beta']:.3f}" + (f" [{bci[0]:.3f}, {bci[1]:.3f}]" if bci else "")
