@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fademem.embedded.bundle import SamplingSchedule, build, latent_shape, load, save
-from fademem.embedded.train import TrainConfig, WorldBatches, _save_ema, degrade, encode_frames, frame_mask
+from fademem.embedded.train import TrainConfig, WorldBatches, _save_ema, degrade, encode_frames, optimise, token_mask
 from fademem.wan.sampling import FlowSchedule
 
 
@@ -171,8 +171,7 @@ def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print
         x[:, :, :n_ctx] = (1 - ctx_sig[:, None, :, None, None]) * x0[:, :, :n_ctx] + \
             ctx_sig[:, None, :, None, None] * noise[:, :, :n_ctx]
         x[:, :, n_ctx:] = (1 - s_k) * x0[:, :, n_ctx:] + s_k * noise[:, :, n_ctx:]  # k=0: s_k = 1, pure noise
-        mask = frame_mask(batch["chunks"], n_ctx).to(device)
-        mask = mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
+        mask = token_mask(batch, n_ctx, tokens_per_frame, device)
         positions = batch["positions"].to(device)
         ids = batch["ids"].to(device)
         with torch.no_grad(), amp:
@@ -185,15 +184,7 @@ def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print
             v = model(x, sig_f * 1000, text(ids), positions=positions, attn_mask=mask)
         x0_hat = x[:, :, n_ctx:] - s_k * v[:, :, n_ctx:].float()
         loss = (x0_hat - target).pow(2).mean()
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, time.time() - t0, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = min(cfg.ema, (1 + step) / (10 + step))
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - d)
+        optimise(opt, loss, params, ema, _lr(step, time.time() - t0, cfg), cfg.ema, step)
         if step % cfg.log_every == 0:
             lv = float(loss.detach())
             history.append({"step": step, "loss": lv, "level": k, "kind": batch["kind"], "n_ctx": n_ctx,

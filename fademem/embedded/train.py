@@ -243,6 +243,25 @@ def frame_mask(chunks: torch.Tensor, n_ctx: int) -> torch.Tensor:
     return m.reshape(f, f)
 
 
+def token_mask(batch: dict, n_ctx: int, tokens_per_frame: int, device) -> torch.Tensor:
+    """The example's frame mask (``frame_mask``) expanded to tokens, on ``device``."""
+    mask = frame_mask(batch["chunks"], n_ctx).to(device)
+    return mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
+
+
+def optimise(opt, loss: torch.Tensor, params: list, ema: list, lr: float, ema_max: float, step: int) -> None:
+    """One optimiser step (gradient clipping at 1) and the EMA update; shared by training and distillation."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    with torch.no_grad():
+        d = min(ema_max, (1 + step) / (10 + step))
+        torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - d)
+
+
 def target_sigmas(b: int, schedule_p: float, sched_sigmas: torch.Tensor, gen: torch.Generator,
                   shift: float = 5.0) -> torch.Tensor:
     """[b] noise levels of target chunks: the sampler's own levels with probability ``schedule_p``,
@@ -374,22 +393,13 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) ->
         noise = torch.randn(x0.shape, device=device, generator=gen)
         s5 = sig_f[:, None, :, None, None]
         xt = (1 - s5) * x_in + s5 * noise
-        mask = frame_mask(batch["chunks"], n_ctx).to(device)
-        mask = mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
+        mask = token_mask(batch, n_ctx, tokens_per_frame, device)
         with amp:
             ctx = text(batch["ids"].to(device))
             v = model(xt, sig_f * 1000, ctx, positions=batch["positions"].to(device), attn_mask=mask)
         x0_hat = xt[:, :, n_ctx:] - s5[:, :, n_ctx:] * v[:, :, n_ctx:].float()
         loss = (x0_hat - x0[:, :, n_ctx:]).pow(2).mean()
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, time.time() - t0, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = min(cfg.ema, (1 + step) / (10 + step))
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - d)
+        optimise(opt, loss, params, ema, _lr(step, time.time() - t0, cfg), cfg.ema, step)
         if step % cfg.log_every == 0:
             lv = float(loss.detach())
             history.append({"step": step, "loss": lv, "kind": batch["kind"], "n_ctx": n_ctx,
