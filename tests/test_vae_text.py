@@ -94,6 +94,34 @@ def test_streaming_decode_equals_one_shot():
         dec.decode(torch.randn(1, Z_DIM + 1, 3, 4, 6))
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_stream_state_round_trip(tmp_path, k):
+    """Chunks 0..k decoded, ``stream_state()`` through a state file, a fresh decoder of the same weights
+    ``load_stream_state()``: the rest of the video equals one uninterrupted streaming decode."""
+    from fademem.pipeline.state import load_state, save_state
+    from fademem.wan.vae import WanVAEDecoder
+
+    torch.manual_seed(2)
+    lat = torch.randn(1, Z_DIM, 9, 4, 6)
+    chunks = [lat[:, :, s:s + 3] for s in range(0, 9, 3)]
+    whole = WanVAEDecoder(make_vae())
+    want = torch.cat([whole.decode_float(c) for c in chunks], dim=2)
+
+    first = WanVAEDecoder(make_vae())
+    head = [first.decode_float(c) for c in chunks[:k]]
+    path = save_state(tmp_path / "vae.state", {"decoder": first.stream_state()})
+    head.append(first.decode_float(chunks[k]))  # decoding on does not change what was saved
+    second = WanVAEDecoder(make_vae())
+    second.load_stream_state(load_state(path)["decoder"])
+    assert second.latent_frames == 3 * k
+    got = torch.cat(head[:k] + [second.decode_float(c) for c in chunks[k:]], dim=2)
+    assert got.shape == want.shape == (1, 3, 4 * 9 - 3, 32, 48)
+    assert torch.equal(got, want)
+    assert torch.equal(head[k], want[:, :, got.shape[2] - 4 * (9 - 3 * k): got.shape[2] - 4 * (6 - 3 * k)])
+    with pytest.raises(ValueError, match="cache entries"):
+        second.load_stream_state({"feat_cache": [None], "first": False, "latent_frames": 3})
+
+
 def test_vae_from_pretrained(tmp_path):
     from fademem.wan.vae import WanVAEDecoder
 

@@ -55,6 +55,10 @@ EMBEDDED_TEMPORAL_STRIDE = 1  # the embedded codec: one video frame per latent f
 @click.option("--opening", type=float, default=0.0, show_default=True,
               help="Embedded model only: teacher-force the first SECONDS (shorter than --seconds) with the "
                    "procedural world's true frames (rendered from the prompt and --seed), then generate.")
+@click.option("--image", type=click.Path(dir_okay=False), default=None,
+              help="Embedded model only: start from this image (any format Pillow reads): center-cropped to a "
+                   "square, resized to the model's 64x64 (bicubic), encoded by its codec and held for the first "
+                   "chunk (3 frames, teacher-forced); the video goes on from it.")
 @click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True,
               help="x264 quality of the mp4 (0: lossless, bigger files).")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
@@ -72,7 +76,7 @@ EMBEDDED_TEMPORAL_STRIDE = 1  # the embedded codec: one video frame per latent f
               help="Stop (and save the state) after this many chunks of this run, as Ctrl-C would (tests).")
 def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_dir, out, seed, switch_specs,
              device, dtype, height, width, context_noise, weights, opening, crf, state_path, state_every,
-             resume_path, stop_after_chunks):
+             resume_path, stop_after_chunks, image):
     """Generate long videos chunk by chunk under a fixed KV-memory budget.
 
     Two generators: without --checkpoint/--wan-dir, the small embedded model shipped in the package
@@ -95,7 +99,11 @@ def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_d
         raise click.BadParameter(f"the opening ({opening:g} s) must be shorter than the video (--seconds "
                                  f"{seconds:g})", param_hint="--opening")
     is_embedded = checkpoint is None and wan_dir is None
+    if image is not None and opening:
+        raise click.UsageError("--image and --opening both set the first frames: give one")
     if not is_embedded:
+        if image is not None:
+            raise click.UsageError("--image is for the embedded model (no --checkpoint / --wan-dir)")
         if opening:
             raise click.UsageError("--opening is for the embedded model (no --checkpoint / --wan-dir)")
         if weights is not None:
@@ -113,6 +121,7 @@ def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_d
     _check_memory(memory_spec)
     if weights is not None and not os.path.isfile(weights):
         raise click.BadParameter(f"embedded-model weights file not found: {weights}", param_hint="--weights")
+    picture = _read_image(image) if image is not None else None
     dev = check_device(device)
     dtype = dtype or ("float32" if dev.type == "cpu" else "bfloat16")
     paths = _out_paths(out, len(prompts))
@@ -120,7 +129,7 @@ def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_d
         check_out_path(p)
     if is_embedded:
         _generate_embedded(prompts, seconds, memory_spec, paths, seed, switch_specs, dev, dtype, context_noise,
-                           weights, opening, height, width, run)
+                           weights, opening, height, width, run, image=image, picture=picture)
     else:
         _generate_wan(prompts, seconds, memory_spec, checkpoint, lora, wan_dir, paths, seed, switch_specs, dev,
                       dtype, height, width, context_noise, run)
@@ -140,6 +149,33 @@ def _read_prompts(prompt, prompts_file) -> list[str]:
     if not prompts:
         raise click.BadParameter(f"no prompts in {prompts_file}", param_hint="--prompts")
     return prompts
+
+
+def _read_image(path):
+    """The --image file as an RGB Pillow image; an unreadable file is a usage error."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise click.BadParameter(f"image file not found: {path}", param_hint="--image")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise click.BadParameter(f"cannot read {path} as an image: {e}", param_hint="--image") from None
+
+
+def image_frames(picture, size: int, frames: int):
+    """uint8 video [1, frames, size, size, 3]: the image center-cropped to a square, resized to size x size
+    (bicubic), repeated."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    w, h = picture.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    square = picture.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(square, dtype=np.uint8).copy())[None, None].repeat(1, frames, 1, 1, 1)
 
 
 def _check_memory(memory_spec: str) -> None:
@@ -211,9 +247,13 @@ def _load_embedded(weights, device, dtype):
 
 
 def _generate_embedded(prompts, seconds, memory_spec, paths, seed, switch_specs, device, dtype, context_noise,
-                       weights, opening, height, width, run):
-    """`fademem generate` with no checkpoint: the small model shipped in the package (CPU is fine)."""
+                       weights, opening, height, width, run, image=None, picture=None):
+    """`fademem generate` with no checkpoint: the small model shipped in the package (CPU is fine).
+    ``picture`` (the --image file ``image``, read) is the teacher-forced first chunk; a resumed run has
+    done that chunk already and passes only the path."""
     import dataclasses
+
+    import torch
 
     from fademem import embedded
     from fademem.pipeline import embedded_pipeline, generator_for_memory, latent_frames_for_seconds
@@ -248,9 +288,13 @@ def _generate_embedded(prompts, seconds, memory_spec, paths, seed, switch_specs,
             click.echo(f"[{i + 1}/{len(prompts)}] {p}", err=True)
         try:
             prefix = embedded.opening(bundle, [p], seed, min(opening, num_frames / fps)) if opening else None
+            if picture is not None:
+                with torch.no_grad():
+                    prefix = bundle.codec.encode(image_frames(picture, size, pipe.frames_per_chunk))
             run.generate(pipe, p, num_frames, path, memory_spec, seed, switches, embedded.latent_shape(bundle.cfg),
                          prefix=prefix, files=[weights or embedded.default_path()],
-                         cli=dict(kind="embedded", weights=weights and os.path.abspath(weights), opening=opening))
+                         cli=dict(kind="embedded", weights=weights and os.path.abspath(weights), opening=opening,
+                                  image=image and os.path.abspath(image)))
         except ValueError as e:
             raise click.ClickException(str(e)) from None
         click.echo(path)

@@ -18,7 +18,7 @@ import signal
 import click
 
 RESUME_FIXED = ("memory_spec", "checkpoint", "lora", "wan_dir", "weights", "seed", "dtype", "height", "width",
-                "context_noise", "opening", "crf", "out", "prompts_file")
+                "context_noise", "opening", "crf", "out", "prompts_file", "image")
 
 
 class StateRun:
@@ -162,13 +162,13 @@ def resume(ctx: click.Context, resume_path, state_path, every, stop_after) -> No
              "wan_dir": cli.get("wan_dir"), "weights": cli.get("weights"), "seed": cli.get("seed"),
              "dtype": cli.get("dtype"), "height": cli.get("height"), "width": cli.get("width"),
              "context_noise": cli.get("context_noise"), "opening": cli.get("opening", 0.0), "crf": cli.get("crf"),
-             "out": cli.get("out"), "prompts_file": None}
+             "out": cli.get("out"), "prompts_file": None, "image": cli.get("image")}
     flag = {prm.name: prm.opts[0] for prm in ctx.command.params}
     for k in RESUME_FIXED:
         if k not in given:
             continue
         mine, theirs = p[k], saved[k]
-        if k in ("checkpoint", "wan_dir", "weights", "out") and mine is not None:
+        if k in ("checkpoint", "wan_dir", "weights", "out", "image") and mine is not None:
             mine = os.path.abspath(mine)
         if k == "lora":
             mine = tuple(os.path.abspath(x) for x in mine)
@@ -199,4 +199,4 @@ def resume(ctx: click.Context, resume_path, state_path, every, stop_after) -> No
     if cli.get("kind") == "wan":
         _generate_wan(checkpoint=saved["checkpoint"], lora=saved["lora"], wan_dir=saved["wan_dir"], **args)
     else:
-        _generate_embedded(weights=saved["weights"], opening=saved["opening"], **args)
+        _generate_embedded(weights=saved["weights"], opening=saved["opening"], image=saved["image"], **args)
