@@ -15,7 +15,10 @@ entry nearer the present, ``max`` element-wise; mu/span update identically for a
 ``preset``, ``positions`` (``absolute``: entries at mu, chunk at its true frames; ``compact``:
 the released 21-frame window once the chunk starts at frame >= 18, absolute before; None = the
 preset's: absolute for paper, compact for release), ``span_gamma`` (None = the preset's: 1 for
-paper, i.e. Algorithm 1's span weights, 0.5 for release).
+paper, i.e. Algorithm 1's span weights, 0.5 for release), ``adaptive`` (``off``; ``cut``: consolidation
+that reacts to content -- a frame whose mean key is farther than ``cut_threshold`` in cosine
+distance from the previous frame's opens a new scene, and the pair straddling that cut never merges
+while another eligible pair remains; see ``fademem_cuts.py``).
 
 Release timing: the released model hands frames to the bank when the *next* chunk starts and
 measures their distances from that chunk's first frame. Here frames arrive through ``insert()``
@@ -41,7 +44,9 @@ import torch
 
 from fademem.memory import fademem_schedule as fs
 from fademem.memory.base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
+from fademem.memory.fademem_cuts import CutDetector
 from fademem.memory.registry import build_memory, register
+from fademem.memory.slot_store import check_kv
 
 
 @register
@@ -58,6 +63,8 @@ class FadeMemMemory(Memory):
     preset: Literal["paper", "release"] = "paper"
     positions: Literal["absolute", "compact"] | None = None
     span_gamma: float | None = None
+    adaptive: Literal["off", "cut"] = "off"
+    cut_threshold: float = 0.3
 
     state_attrs: ClassVar[tuple[str, ...]] = ("schedule",)
 
@@ -105,6 +112,11 @@ class FadeMemMemory(Memory):
                                             or not isinstance(self.span_gamma, (int, float))
                                             or not 0.0 <= self.span_gamma < float("inf")):
             raise bad(f"span_gamma must be a finite number >= 0 (or None), got {self.span_gamma!r}")
+        if self.adaptive not in ("off", "cut"):
+            raise bad(f"adaptive must be off or cut; got {self.adaptive!r}")
+        if (isinstance(self.cut_threshold, bool) or not isinstance(self.cut_threshold, (int, float))
+                or not 0.0 <= self.cut_threshold <= 2.0):
+            raise bad(f"cut_threshold must be a cosine distance in [0, 2], got {self.cut_threshold!r}")
         if self.position_mode == "compact" and self.budget > fs.max_compact_budget(self.anchor):
             raise bad(f"budget {self.budget} does not fit the compact {fs.WINDOW}-frame layout: it has "
                       f"{fs.FAR_GAPS} distinct gaps for older entries, so budget <= "
@@ -120,6 +132,7 @@ class FadeMemMemory(Memory):
         self.store = SlotStore(capacity=self.budget)
         self.schedule = self.new_schedule()
         self._chunk_end = 0
+        self._cuts = CutDetector(float(self.cut_threshold)) if self.adaptive == "cut" else None
 
     # -- writing ----------------------------------------------------------------------------------
     def insert(self, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
@@ -127,7 +140,36 @@ class FadeMemMemory(Memory):
         ok = isinstance(k, torch.Tensor) and k.dim() == 4 and self.tokens_per_frame > 0
         n = k.shape[1] // self.tokens_per_frame if ok else 0
         self._chunk_end = start + max(n, 1)
+        if self._cuts is not None and self.rope is not None:
+            check_kv(k, v, self.tokens_per_frame)
+            if start == self.frames_seen:  # else super() raises
+                self.schedule.add_cuts(self._cuts.observe(k, start, self.tokens_per_frame))
         super().insert(k, v, start)
+
+    def _resolve_cut(self, frame: int) -> bool:
+        """The schedule chose a pair whose cut flag is in flight: read it now (True: a cut was new)."""
+        return self._cuts is not None and self._cuts.pending(frame) and self.schedule.add_cuts(self._cuts.flush())
+
+    def cut_frames(self) -> list[int]:
+        """Frames that open a new scene (adaptive=cut; empty otherwise): a boundary lies before each.
+        An entry opens a scene when its ``first`` is one of them (for plots)."""
+        if self._cuts is not None:
+            self.schedule.add_cuts(self._cuts.flush())
+        return list(self.schedule.cuts)
+
+    def state_dict(self) -> dict:
+        out = super().state_dict() if self._cuts is None else None
+        if out is None:  # adaptive: in-flight cuts go into the schedule first, the last mean key with it
+            self.schedule.add_cuts(self._cuts.flush())
+            out = super().state_dict()
+            if self._cuts.prev is not None:
+                out["cut_prev"] = self._cuts.prev.clone()
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self._cuts is not None and isinstance(state.get("cut_prev"), torch.Tensor):
+            self._cuts.prev = state["cut_prev"].clone()
 
     def _insert_frame(self, k: torch.Tensor, v: torch.Tensor, index: int) -> None:
         if self.store.k is not None and (k.dtype != self.store.k.dtype or k.device != self.store.k.device):
@@ -136,7 +178,8 @@ class FadeMemMemory(Memory):
         if self.store.k is not None and tuple(k.shape) != (self.store.k.shape[0], self.store.n_tok,
                                                             *self.store.k.shape[3:]):
             raise ValueError(f"insert: frame of shape {tuple(k.shape)} does not match stored frames")
-        step = self.schedule.add(index, max(self._chunk_end, index + 1))
+        step = self.schedule.add(index, max(self._chunk_end, index + 1),
+                                 None if self._cuts is None else self._resolve_cut)
         if step.merge is not None:
             self._merge(step.merge)
         self.store.write(step.slot, k, v)
@@ -196,6 +239,41 @@ class FadeMemMemory(Memory):
         if ents and ents[0].anchor:
             held[0] = (self.store, ents[0].slot)
         return held
+
+
+# -- beta from a measured spectrum ------------------------------------------------------------------------
+def beta_from_spectrum(report: dict) -> float:
+    """The FadeMem ``beta`` a ``fademem spectrum`` report suggests (``spectrum.json`` as a dict).
+
+    Reads the pooled result (``report["pooled"]``) of a full report, or ``report`` itself when it is
+    one result (a clip's or a pool's: it has ``verdict`` and ``beta``). Its ``beta`` entry is
+    ``spectrum_fit.suggest_beta``'s dict. ValueError naming why when there is no usable beta: no
+    pooled result, verdict "none" (no power law supported), no fit, or a beta saturated at the floor
+    (1 - 2b clipped: any steeper decay gives the same value, so it is not a measurement). A "weak"
+    verdict is accepted. The policy never reads files; pass the result as ``beta=``.
+    """
+    if not isinstance(report, dict):
+        raise ValueError(f"spectrum report must be a dict, got {type(report).__name__}")
+    res = report.get("pooled") if ("pooled" in report or "videos" in report) else report
+    if not isinstance(res, dict):
+        raise ValueError("spectrum report has no pooled result (no video analysed?): no beta")
+    verdict, reason = res.get("verdict"), res.get("reason", "")
+    if verdict is None:
+        raise ValueError("spectrum result has no 'verdict': not a fademem spectrum report")
+    if verdict == "none":
+        raise ValueError(f"spectrum verdict is 'none' ({reason or 'no power law supported'}): no beta to match")
+    sb = res.get("beta")
+    if not isinstance(sb, dict) or "beta" not in sb:
+        raise ValueError("spectrum result has no suggested beta ('beta': {'beta': ...})")
+    if sb.get("saturated"):
+        raise ValueError(f"suggested beta {sb['beta']} is saturated at the floor ({sb.get('note') or 'clipped'}): "
+                         "not a measurement")
+    beta = sb["beta"]
+    if beta is None:
+        raise ValueError(f"spectrum result suggests no beta ({sb.get('note') or 'no fit'})")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 < beta <= 1.0:
+        raise ValueError(f"suggested beta must be in (0, 1], got {beta!r}")
+    return float(beta)
 
 
 # -- the schedule without tensors (``fademem schedule``, the embedded model's training contexts) ----------

@@ -33,6 +33,7 @@ gap whose warped value best matches the entry's warped (clamped) true distance f
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 WINDOW = 21  # temporal positions the base model was trained on (Self-Forcing's 21-frame cache)
@@ -93,11 +94,14 @@ def min_budget(preset: str, anchor: bool) -> int:
     return 3 if (preset == "paper" and anchor) else 2
 
 
-def choose_pair(mus: list[float], now: float, beta: float, skip_first: bool) -> int:
+def choose_pair(mus: list[float], now: float, beta: float, skip_first: bool,
+                blocked: frozenset[int] | set[int] = frozenset()) -> int:
     """Index i of the adjacent pair (i, i+1) with the smallest warped gap; ties to the oldest.
 
     ``mus`` is the memory after the append (newest last). The pair holding the newest entry is
     never eligible; with ``skip_first`` neither is the pair holding the first entry (the anchor).
+    Pairs in ``blocked`` (adaptive: they straddle a content cut) are skipped unless every eligible
+    pair is blocked; then the normal rule applies, so the budget always holds.
     """
     lo, hi = (1 if skip_first else 0), len(mus) - 2  # eligible i in [lo, hi)
     if hi <= lo:
@@ -106,8 +110,10 @@ def choose_pair(mus: list[float], now: float, beta: float, skip_first: bool) -> 
     best, best_gap = lo, math.inf
     for i in range(lo, hi):
         g = abs(u[i + 1] - u[i])
-        if g < best_gap:  # strict: ties stay with the oldest pair
+        if g < best_gap and i not in blocked:  # strict: ties stay with the oldest pair
             best, best_gap = i, g
+    if best_gap == math.inf and blocked:  # every eligible pair straddles a cut: the normal rule
+        return choose_pair(mus, now, beta, skip_first)
     return best
 
 
@@ -123,6 +129,7 @@ class Schedule:
     span_gamma: float = 1.0
     entries: list[Meta] = field(default_factory=list)
     frames: int = 0
+    cuts: list[int] = field(default_factory=list)  # adaptive: frames that open a new scene (sorted)
 
     def now(self, frame: int, chunk_end: int) -> int:
         """Where distances are measured from when ``frame`` enters."""
@@ -141,12 +148,29 @@ class Schedule:
             return float(int(round(a.span / total * float(a.mu) + b.span / total * float(b.mu))))
         return (a.span * a.mu + b.span * b.mu) / total
 
-    def add(self, frame: int, chunk_end: int | None = None) -> Step:
+    def blocked(self, work: list[Meta]) -> set[int]:
+        """Pairs (i, i+1) of ``work`` that straddle a cut (entry i+1 opens a scene)."""
+        if not self.cuts:
+            return set()
+        cuts = set(self.cuts)
+        return {i for i in range(len(work) - 1) if work[i + 1].first in cuts}
+
+    def add_cuts(self, frames: list[int]) -> bool:
+        """Record cuts (frames opening a new scene; frame 0 never is one). True if any was new."""
+        new = {int(f) for f in frames if f > 0} - set(self.cuts)
+        self.cuts = sorted(set(self.cuts) | new)
+        return bool(new)
+
+    def add(self, frame: int, chunk_end: int | None = None,
+            resolve: Callable[[int], bool] | None = None) -> Step:
         """Append ``frame`` (the next frame) and merge one pair if the budget is exceeded.
 
         ``chunk_end``: first frame of the next chunk (release distances); defaults to frame + 1.
         Slots stay a prefix 0..len-1: the merge is planned first, then the new frame takes the
-        slot the merge frees, so no slot ever moves.
+        slot the merge frees, so no slot ever moves. Pairs straddling a cut in ``cuts`` never merge
+        while another eligible pair remains. ``resolve(f)`` (adaptive): called with the first frame
+        of the chosen pair's newer entry; it learns cuts not yet known (True: some were), and the
+        pair is chosen again -- the same choice as with every cut known up front.
         """
         if frame != self.frames:
             raise ValueError(f"frames must arrive in order; expected {self.frames}, got {frame}")
@@ -160,8 +184,10 @@ class Schedule:
         if len(work) <= self.budget:
             self.entries = work
             return Step(new.slot)
-        i = choose_pair([e.mu for e in work], self.now(frame, chunk_end), self.beta,
-                        skip_first=self.anchor and self.preset == "paper")
+        mus, now, skip = [e.mu for e in work], self.now(frame, chunk_end), self.anchor and self.preset == "paper"
+        i = choose_pair(mus, now, self.beta, skip, self.blocked(work))
+        if resolve is not None and resolve(work[i + 1].first):
+            i = choose_pair(mus, now, self.beta, skip, self.blocked(work))
         a, b = work[i], work[i + 1]
         span = a.span + b.span
         if a.anchor and self.preset == "release":
