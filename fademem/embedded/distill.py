@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from fademem.embedded.bundle import SamplingSchedule, build, latent_shape, load, save
+from fademem.embedded.bundle import SamplingSchedule, build, latent_shape, load
 from fademem.embedded.train import TrainConfig, WorldBatches, _save_ema, degrade, encode_frames, optimise, token_mask
 from fademem.wan.sampling import FlowSchedule
 
@@ -190,12 +190,8 @@ def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print
             history.append({"step": step, "loss": lv, "level": k, "kind": batch["kind"], "n_ctx": n_ctx,
                             "seconds": round(time.time() - t0, 1)})
             log(f"step {step:6d}  loss {lv:.4f}  level {k}  ctx {batch['kind']}:{n_ctx}  {time.time() - t0:.0f}s")
-    with torch.no_grad():
-        for p, e in zip(params, ema):
-            p.copy_(e)
     info = record(step)
-    save(student, out, info=info, schedule=student_schedule)
-    Path(str(out) + ".json").write_text(json.dumps(info, indent=1))
+    _save_ema(student, params, ema, out, info, student_schedule)  # the EMA weights, as every checkpoint
     return info
 
 

@@ -405,10 +405,6 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) ->
             history.append({"step": step, "loss": lv, "kind": batch["kind"], "n_ctx": n_ctx,
                             "seconds": round(time.time() - t0, 1)})
             log(f"step {step:6d}  loss {lv:.4f}  ctx {batch['kind']}:{n_ctx}  {time.time() - t0:.0f}s")
-    with torch.no_grad():
-        for p, e in zip(params, ema):
-            p.copy_(e)
     info = record(step)
-    save(bundle, out, info=info, schedule=schedule)
-    Path(str(out) + ".json").write_text(json.dumps(info, indent=1))
+    _save_ema(bundle, params, ema, out, info, schedule)  # the file holds the EMA weights, as every checkpoint does
     return info
