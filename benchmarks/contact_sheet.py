@@ -33,7 +33,7 @@ def generate_frames(bundle, prompt: str, seconds: float, seed: int, memory: str)
     pipe = embedded_pipeline(dataclasses.replace(bundle, model=model))
     chunks = [c.frames[0] for c in pipe.generate(prompt, num_frames, memory=memory, seed=seed,
                                                   latent_shape=embedded.latent_shape(bundle.cfg), progress=False)]
-    return torch.cat(chunks).numpy()
+    return torch.cat(chunks).cpu().numpy()
 
 
 def true_frames(prompt: str, seed: int, num_frames: int, size: int, fps: int) -> np.ndarray:

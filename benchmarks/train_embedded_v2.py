@@ -41,8 +41,10 @@ def stage_options(stage: str, d: Path, limit: float, args) -> tuple[Path, dict]:
         init = str(path) if path.exists() else None
         arch = {} if init else {"dim": 256, "layers": 8, "heads": 4, "ffn": 1024,
                                 "codec": str(d / "autoencoder.safetensors")}
-        o = options("dit", init=init, sample_steps=32, batch=args.batch or 64, lr=4e-4 if init is None else 2e-4,
-                    checkpoint_every=120, extra={"warmup": 300 if init is None else 50}, **arch, **shared)
+        # four noise levels of each target chunk per forward (the context computed once), the flow (v) loss
+        o = options("dit", init=init, sample_steps=32, batch=args.batch or 48, lr=4e-4 if init is None else 3e-4,
+                    checkpoint_every=120, extra={"warmup": 300 if init is None else 50, "loss": "v",
+                                                 "target_copies": 4}, **arch, **shared)
     else:
         # fademem.embedded.distill starts the student from the teacher (no resume of a student)
         path = d / "student.safetensors"

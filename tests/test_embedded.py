@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -117,6 +122,27 @@ def test_frame_mask_context_is_causal_target_sees_all():
     assert m[:3, 3:].sum() == 0  # context never sees the target
     assert m[3:].all()  # the target sees everything
     assert m[0, 1] and m[1, 0] and not m[0, 2] and m[2, 0]
+
+
+def test_frame_mask_target_copies_see_context_and_themselves_only():
+    chunks = torch.tensor([0, 0, 3, 7, 7, 7])
+    one, m = frame_mask(chunks, n_ctx=3), frame_mask(chunks, n_ctx=3, copies=3)
+    assert m.shape == (12, 12)
+    assert torch.equal(m[:3, :3], one[:3, :3]) and m[:3, 3:].sum() == 0  # context: as with one copy
+    assert m[3:, :3].all()  # every copy sees the whole context
+    for k in range(3):
+        rows = slice(3 + 3 * k, 6 + 3 * k)
+        assert m[rows, rows].all() and m[rows, 3:].sum() == 9  # itself, no other copy
+
+
+def test_target_copies_train_one_forward_per_example():
+    cfg = TrainConfig(steps=3, batch=2, workers=0, dim=32, layers=1, heads=2, ffn=64, max_history=30, max_context=4,
+                      target_copies=3, loss="v", log_every=1, pool=4)
+    with tempfile.TemporaryDirectory() as d:
+        info = train(cfg, Path(d) / "m.safetensors", device="cpu", log=lambda *_: None)
+    assert info["steps_done"] == 3 and all(math.isfinite(h["loss"]) for h in info["history"])
+    with pytest.raises(ValueError, match="target_copies"):
+        train(dataclasses.replace(cfg, target_copies=0), "unused", device="cpu")
 
 
 def test_degrade_blurs_only_context_of_chosen_examples():

@@ -216,6 +216,12 @@ class SamplingSchedule:
         return (len(steps) == len(self.steps) and all(abs(a - b) < 1e-6 for a, b in zip(steps, self.steps))
                 and abs(float(shift) - self.shift) < 1e-9)
 
+    @property
+    def update(self) -> str:
+        """The sampler's step rule for this schedule (``VideoPipeline(update=...)``): a flow-matching
+        teacher recorded with its schedule follows its ODE; distilled and v1 models re-noise x0."""
+        return "ode" if self.kind == "flow-matching" and not self.inferred else "renoise"
+
     def describe(self) -> str:
         st = ", ".join(f"{x:g}" for x in self.steps) if len(self.steps) <= 8 else \
             f"{len(self.steps)} steps {self.steps[0]:g} .. {self.steps[-1]:g}"

@@ -87,6 +87,8 @@ class TrainConfig:
     sample_steps: int = 4  # the sampling schedule trained for: n uniform nominal steps (4 = the default)
     sample_shift: float = 5.0  # its shift (also the warp of the uniformly drawn noise levels)
     checkpoint_every: float | None = None  # seconds; also save the (EMA) bundle this often while training
+    loss: str = "x0"  # "x0": error of the x0 prediction (few-step models); "v": of the flow (teachers, as Wan)
+    target_copies: int = 1  # noise levels trained per example in one forward (the context computed once)
 
 
 # -- context rules ----------------------------------------------------------------------------------
@@ -234,18 +236,32 @@ def degrade(frames: torch.Tensor, n_ctx: int, p: float, gen: torch.Generator) ->
     return out
 
 
-def frame_mask(chunks: torch.Tensor, n_ctx: int) -> torch.Tensor:
-    """[F, F] bool: context frames see context of earlier-or-same chunks; the target sees all."""
+def frame_mask(chunks: torch.Tensor, n_ctx: int, copies: int = 1) -> torch.Tensor:
+    """[F, F] bool: context frames see context of earlier-or-same chunks; the target sees all.
+
+    ``copies > 1``: the target chunk (the frames after ``n_ctx``; ``chunks`` lists them once) appears
+    ``copies`` times, each copy seeing the context and itself only: one forward trains the same
+    target at several noise levels, the context computed once (the context does not see the targets).
+    """
     f = chunks.numel()
     m = chunks[None, :] <= chunks[:, None]
     m[:n_ctx, n_ctx:] = False
     m[n_ctx:, :] = True
-    return m.reshape(f, f)
+    if copies == 1:
+        return m.reshape(f, f)
+    t = f - n_ctx
+    out = torch.zeros(n_ctx + copies * t, n_ctx + copies * t, dtype=torch.bool)
+    out[:n_ctx, :n_ctx] = m[:n_ctx, :n_ctx]
+    out[n_ctx:, :n_ctx] = True
+    for k in range(copies):
+        a = n_ctx + k * t
+        out[a:a + t, a:a + t] = True
+    return out
 
 
-def token_mask(batch: dict, n_ctx: int, tokens_per_frame: int, device) -> torch.Tensor:
+def token_mask(batch: dict, n_ctx: int, tokens_per_frame: int, device, copies: int = 1) -> torch.Tensor:
     """The example's frame mask (``frame_mask``) expanded to tokens, on ``device``."""
-    mask = frame_mask(batch["chunks"], n_ctx).to(device)
+    mask = frame_mask(batch["chunks"], n_ctx, copies).to(device)
     return mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
 
 
@@ -360,11 +376,17 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) ->
                         prefetch_factor=4 if cfg.workers else None, pin_memory=device.startswith("cuda"))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast(
         "cpu", enabled=False)
+    if cfg.loss not in ("x0", "v"):
+        raise ValueError(f"loss must be 'x0' or 'v', got {cfg.loss!r}")
+    if cfg.target_copies < 1:
+        raise ValueError(f"target_copies must be >= 1, got {cfg.target_copies}")
     t0, history, step = time.time(), [], 0
-    last_ckpt = t0
+    last_ckpt = t_wait = t0
+    t_data = 0.0  # seconds spent waiting for the data loader (vs. the GPU's step)
 
     def record(steps_done: int) -> dict:
         return {"train": asdict(cfg), "steps_done": steps_done, "seconds": round(time.time() - t0, 1),
+                "data_wait_s": round(t_data, 1),
                 "history": history, "codec": ecfg.codec, "latent": list(latent_shape(ecfg)),
                 "schedule": json.loads(schedule.to_json()),
                 "device": torch.cuda.get_device_name() if device.startswith("cuda") else device}
@@ -377,34 +399,41 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) ->
             _save_ema(bundle, params, ema, out, record(step), schedule)
             last_ckpt = time.time()
         n_ctx = batch["n_ctx"]
+        t_data += time.time() - t_wait
         frames = batch["video"].to(device, non_blocking=True).float() / 255.0
-        x0 = encode_frames(codec, frames)  # [B, C, F, h, w]: the clean targets
-        if n_ctx:  # context (possibly blurred like the model's own outputs) encoded once more, targets reused
-            x_in = torch.cat([encode_frames(codec, degrade(frames[:, :n_ctx], n_ctx, cfg.degrade_p, gen)),
-                              x0[:, :, n_ctx:]], dim=2)
-        else:
-            x_in = x0
-        b, f = x0.shape[0], x0.shape[2]
-        # noise level of the target chunk: mostly the sampler's own levels
-        sigma = target_sigmas(b, cfg.schedule_p, sched_sigmas, gen, cfg.sample_shift)
+        k = cfg.target_copies
+        with amp:  # each frame encoded once: the context (possibly blurred like the model's own outputs), the targets
+            x0 = encode_frames(codec, frames[:, n_ctx:]).repeat(1, 1, k, 1, 1)  # [B, C, 3k, h, w]: clean targets
+            x_in = torch.cat([encode_frames(codec, degrade(frames[:, :n_ctx], n_ctx, cfg.degrade_p, gen)), x0],
+                             dim=2) if n_ctx else x0
+        b, f = x_in.shape[0], x_in.shape[2]
+        # noise level of each target copy: mostly the sampler's own levels
+        sigma = target_sigmas(b * k, cfg.schedule_p, sched_sigmas, gen, cfg.sample_shift).view(b, k)
         sig_f = torch.zeros(b, f, device=device)
-        sig_f[:, n_ctx:] = sigma[:, None]
+        sig_f[:, n_ctx:] = sigma.repeat_interleave(CHUNK, 1)
         sig_f[:, :n_ctx] = cfg.context_noise * torch.rand(b, 1, device=device, generator=gen)
-        noise = torch.randn(x0.shape, device=device, generator=gen)
+        noise = torch.randn(x_in.shape, device=device, generator=gen)
         s5 = sig_f[:, None, :, None, None]
         xt = (1 - s5) * x_in + s5 * noise
-        mask = token_mask(batch, n_ctx, tokens_per_frame, device)
+        mask = token_mask(batch, n_ctx, tokens_per_frame, device, k)
+        positions = batch["positions"]
+        positions = torch.cat([positions[:n_ctx], positions[n_ctx:].repeat(k)]).to(device)
         with amp:
             ctx = text(batch["ids"].to(device))
-            v = model(xt, sig_f * 1000, ctx, positions=batch["positions"].to(device), attn_mask=mask)
-        x0_hat = xt[:, :, n_ctx:] - s5[:, :, n_ctx:] * v[:, :, n_ctx:].float()
-        loss = (x0_hat - x0[:, :, n_ctx:]).pow(2).mean()
+            v = model(xt, sig_f * 1000, ctx, positions=positions, attn_mask=mask)
+        v = v[:, :, n_ctx:].float()
+        if cfg.loss == "v":
+            loss = (v - (noise[:, :, n_ctx:] - x0)).pow(2).mean()
+        else:
+            loss = (xt[:, :, n_ctx:] - s5[:, :, n_ctx:] * v - x0).pow(2).mean()
         optimise(opt, loss, params, ema, _lr(step, time.time() - t0, cfg), cfg.ema, step)
         if step % cfg.log_every == 0:
             lv = float(loss.detach())
             history.append({"step": step, "loss": lv, "kind": batch["kind"], "n_ctx": n_ctx,
                             "seconds": round(time.time() - t0, 1)})
-            log(f"step {step:6d}  loss {lv:.4f}  ctx {batch['kind']}:{n_ctx}  {time.time() - t0:.0f}s")
+            log(f"step {step:6d}  loss {lv:.4f}  ctx {batch['kind']}:{n_ctx}  {time.time() - t0:.0f}s  "
+                f"(data wait {t_data:.0f}s)")
+        t_wait = time.time()
     info = record(step)
     _save_ema(bundle, params, ema, out, info, schedule)  # the file holds the EMA weights, as every checkpoint does
     return info

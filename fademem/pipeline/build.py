@@ -79,6 +79,7 @@ def embedded_pipeline(bundle=None, device="cpu", dtype=torch.float32, *, overrid
                              "schedule gives wrong videos. Leave steps/shift out to use the file's schedule, or "
                              "pass override_schedule=True to sample off it on purpose.")
         kwargs["steps"], kwargs["shift"] = steps, shift
+        kwargs.setdefault("update", schedule.update)
     return VideoPipeline(bundle.model, bundle.text, bundle.codec, **kwargs)
 
 

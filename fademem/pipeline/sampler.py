@@ -46,6 +46,7 @@ from fademem.wan.sampling import DEFAULT_SHIFT, DEFAULT_STEPS, FlowSchedule
 log = logging.getLogger(__name__)
 
 RECACHE_LIMIT = 12  # LongLive: recompute at most the last 12 latent frames on a prompt switch
+UPDATES = ("renoise", "ode")  # the step rules of VideoPipeline(update=...)
 
 
 # -- the component protocols ---------------------------------------------------------------------
@@ -111,13 +112,20 @@ class VideoPipeline:
     cuda_graph:    replay the denoising forwards from a CUDA graph once a bounded memory is full
                    (``fademem.pipeline.cuda_graph.GraphedDenoiser``; query-aware policies stay eager).
                    Off CUDA the same static-buffer path runs without a graph.
+    update:        how a step moves to the next noise level. ``"renoise"`` (distilled few-step models,
+                   as Self-Forcing / LongLive sample): the x0 prediction re-noised with fresh noise.
+                   ``"ode"`` (multi-step flow-matching teachers): the deterministic Euler step of the
+                   flow, ``x + (sigma_next - sigma) v``; re-noising a posterior-mean prediction would
+                   collapse a teacher's samples to flat means. The noise draws are the same either way.
     """
 
     def __init__(self, model, text_encoder: TextEncoder, decoder: Decoder | None = None, *,
                  frames_per_chunk: int = 3, steps: Sequence[float] = DEFAULT_STEPS,
                  shift: float = DEFAULT_SHIFT, context_noise: float = 0.0,
                  recache_limit: int = RECACHE_LIMIT, overlap_decode: bool = False,
-                 cuda_graph: bool = False):
+                 cuda_graph: bool = False, update: str = "renoise"):
+        if update not in UPDATES:
+            raise ValueError(f"update must be one of {', '.join(UPDATES)}, got {update!r}")
         if frames_per_chunk <= 0:
             raise ValueError(f"frames_per_chunk must be positive, got {frames_per_chunk}")
         if not 0.0 <= context_noise < 1000.0:
@@ -134,6 +142,7 @@ class VideoPipeline:
         self.decoder = decoder
         self.frames_per_chunk = frames_per_chunk
         self.schedule = FlowSchedule(tuple(steps), shift)
+        self.update = update
         self.context_noise = float(context_noise)
         self.recache_limit = recache_limit
         self.overlap_decode = bool(overlap_decode)
@@ -237,7 +246,10 @@ class VideoPipeline:
             v = forward(x, tt, ctx, memory=stack, start_frame=start, write_memory=False)
             x0 = sched.x0_from_flow(x, v, sched.sigmas[i])
             if i + 1 < n:
-                x = sched.add_noise(x0, renoise[i], sched.sigmas[i + 1])
+                if self.update == "ode":  # Euler: x + (s' - s) v = x0 + s' * (x - x0) / s
+                    x = sched.euler_step(x, v, sched.sigmas[i], sched.sigmas[i + 1])
+                else:
+                    x = sched.add_noise(x0, renoise[i], sched.sigmas[i + 1])
         return x0
 
     def _write_memory(self, stack, ctx, x0, start, g_step, fpc, randn) -> None:

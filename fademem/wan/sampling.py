@@ -82,6 +82,12 @@ class FlowSchedule:
         return (x_t.to(work) - sigma * v.to(work)).to(x_t.dtype)
 
     @staticmethod
+    def euler_step(x_t: torch.Tensor, v: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+        """The deterministic flow-ODE step ``x_t + (sigma_next - sigma) * v`` (float32 at least)."""
+        work = torch.promote_types(x_t.dtype, torch.float32)
+        return (x_t.to(work) + (sigma_next - sigma) * v.to(work)).to(x_t.dtype)
+
+    @staticmethod
     def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
         """(1 - sigma) * x0 + sigma * noise, in float32 (at least), returned in x0's dtype."""
         work = torch.promote_types(x0.dtype, torch.float32)
