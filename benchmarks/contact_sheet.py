@@ -84,6 +84,9 @@ def main(argv=None) -> str:
     ap.add_argument("--every", type=float, default=2.0, help="Seconds between frames on the sheet.")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="docs/contact_sheet.png")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="A flow-matching teacher's own rollout (full context) with this classifier-free guidance, "
+                         "instead of the pipeline (fademem.embedded.distill.teacher_rollout).")
     args = ap.parse_args(argv)
     if not args.seconds > 0 or not args.every > 0:
         ap.error("--seconds and --every must be positive")
@@ -96,7 +99,17 @@ def main(argv=None) -> str:
     except ValueError as exc:
         ap.error(str(exc))
     bundle = embedded.load(args.weights, device=args.device)
-    gen = generate_frames(bundle, args.prompt, args.seconds, args.seed, args.memory)
+    if args.guidance is not None:
+        from fademem.embedded.distill import teacher_rollout
+
+        if bundle.schedule.update != "ode":
+            ap.error(f"--guidance previews a flow-matching teacher; {args.weights} is {bundle.schedule.describe()}")
+        num_frames = 3 * math.ceil(round(args.seconds * bundle.cfg.fps, 6) / 3)
+        gen = teacher_rollout(bundle, args.prompt, num_frames, guidance=args.guidance, seed=args.seed,
+                              device=args.device).numpy()
+        args.memory = f"full (teacher rollout, guidance {args.guidance:g})"
+    else:
+        gen = generate_frames(bundle, args.prompt, args.seconds, args.seed, args.memory)
     truth = true_frames(args.prompt, args.seed, len(gen), bundle.cfg.frame_size, bundle.cfg.fps)
     name = Path(args.weights).name if args.weights else "shipped v1"
     title = (f"{args.prompt}\n{name}, memory {args.memory}, seed {args.seed}: top generated (text only), "

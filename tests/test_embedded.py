@@ -137,12 +137,36 @@ def test_frame_mask_target_copies_see_context_and_themselves_only():
 
 def test_target_copies_train_one_forward_per_example():
     cfg = TrainConfig(steps=3, batch=2, workers=0, dim=32, layers=1, heads=2, ffn=64, max_history=30, max_context=4,
-                      target_copies=3, loss="v", log_every=1, pool=4)
+                      target_copies=3, loss="v", log_every=1, pool=4, object_weight=4.0, text_dropout=0.3)
     with tempfile.TemporaryDirectory() as d:
         info = train(cfg, Path(d) / "m.safetensors", device="cpu", log=lambda *_: None)
     assert info["steps_done"] == 3 and all(math.isfinite(h["loss"]) for h in info["history"])
     with pytest.raises(ValueError, match="target_copies"):
         train(dataclasses.replace(cfg, target_copies=0), "unused", device="cpu")
+    with pytest.raises(ValueError, match="text_dropout"):
+        train(dataclasses.replace(cfg, text_dropout=1.0), "unused", device="cpu")
+
+
+def test_batches_carry_the_targets_object_pixels():
+    from fademem.embedded.train import object_weights
+    from fademem.embedded.train_data import WorldBatches, frame_and_objects
+
+    cfg = TrainConfig(batch=3, workers=0, max_history=30, max_context=4, pool=3)
+    batch = next(iter(WorldBatches(cfg, embedded.EmbeddedConfig())))
+    objects, video = batch["objects"], batch["video"]
+    assert objects.shape == (3, CHUNK, 64, 64) and objects.dtype == torch.bool
+    targets = video[:, batch["n_ctx"]:].float()
+    w = object_weights(objects, 16)
+    assert w.shape == (3, 1, CHUNK, 16, 16) and float(w.min()) >= 0 and float(w.max()) <= 1
+    assert torch.allclose(w.mean(), objects.float().mean(), atol=1e-6)  # an average pool keeps the share
+    from fademem.embedded.world import World
+
+    world = World(PROMPT, 0, 64, 8)  # the demo world: its red circle is in view at t = 0
+    frame, obj = frame_and_objects(world, 0)
+    assert 20 < obj.sum() < 0.5 * obj.size
+    red = (frame[..., 0] > 0.6) & (frame[..., 1] < 0.4) & (frame[..., 2] < 0.4)
+    assert red[obj].mean() > 0.8 and red[~obj].mean() < 0.01  # the mask is the object, not the background
+    assert targets.shape[1] == CHUNK
 
 
 def test_degrade_blurs_only_context_of_chosen_examples():

@@ -27,7 +27,8 @@ def _train(*args):
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     out = tmp_path_factory.mktemp("dit") / "teacher.safetensors"
-    res = _train("--out", str(out), *TINY_DIT, *FAST, "--max-history", "30", "--sample-steps", "8")
+    res = _train("--out", str(out), *TINY_DIT, *FAST, "--max-history", "30", "--sample-steps", "8", "--loss", "v",
+                 "--target-copies", "2", "--object-weight", "4", "--text-dropout", "0.1")
     assert res.exit_code == 0, res.output
     return out
 
@@ -39,6 +40,8 @@ def test_dit_stage_default_and_sample_steps(teacher):
     assert b.model.config.dim == 32 and b.cfg.codec == "pixel"
     assert b.schedule.kind == "flow-matching" and len(b.schedule.steps) == 8
     assert b.info["steps_done"] == 2
+    recipe = b.info["train"]
+    assert (recipe["loss"], recipe["target_copies"], recipe["object_weight"], recipe["text_dropout"]) == ("v", 2, 4, 0.1)
 
 
 def test_distill_stage(teacher, tmp_path):
@@ -46,10 +49,11 @@ def test_distill_stage(teacher, tmp_path):
 
     out = tmp_path / "student.safetensors"
     res = _train("--stage", "distill", "--teacher", str(teacher), "--teacher-steps", "2", "--out", str(out),
-                 "--max-history", "30", *FAST)
+                 "--max-history", "30", "--guidance", "3", *FAST)
     assert res.exit_code == 0, res.output
     b = embedded.load(out)
     assert b.schedule.kind == "distilled-4step" and b.model.config.dim == 32
+    assert b.info["distill"]["guidance"] == 3.0
 
 
 def test_autoencoder_stage(tmp_path):
@@ -86,6 +90,10 @@ def test_dit_stage_on_a_codec(tmp_path):
     (["--stage", "autoencoder", "--teacher", "x"], "--teacher does not apply to --stage autoencoder"),
     (["--stage", "dit", "--eval-clips", "3"], "--eval-clips does not apply to --stage dit"),
     (["--stage", "distill"], "needs --teacher"),
+    (["--guidance", "3"], "--guidance does not apply to --stage dit"),
+    (["--stage", "distill", "--teacher", "x", "--text-dropout", "0.1"], "--text-dropout does not apply to --stage"),
+    (["--text-dropout", "1"], "--text-dropout"),
+    (["--loss", "l1"], "--loss"),
     (["--stage", "distill", "--teacher", "/no/such.safetensors"], "file not found"),
     (["--stage", "distill", "--teacher", str(V2 / "critic.safetensors")], "expected an embedded-model bundle"),
     (["--stage", "distill", "--teacher", str(V2 / "teacher.safetensors"), "--init", str(V2 / "teacher.safetensors")],
@@ -125,7 +133,7 @@ def test_v2_training_script_uses_the_cli_functions():
     spec.loader.exec_module(mod)
 
     class Args:
-        device, workers, batch = "cpu", 0, 0
+        device, workers, batch, compile, guidance = "cpu", 0, 0, False, 1.0
 
     for stage, want in (("ae", "autoencoder"), ("critic", "critic"), ("teacher", "dit"), ("distill", "distill")):
         path, o = mod.stage_options(stage, V2, 60.0, Args)

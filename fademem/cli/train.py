@@ -26,10 +26,10 @@ SHARED = ("out", "stage", "steps", "batch", "lr", "workers", "time_limit", "seed
 # the options each stage reads besides the shared ones
 STAGE_OPTIONS = {
     "dit": ("dim", "layers", "heads", "ffn", "max_history", "max_context", "codec", "sample_steps",
-            "checkpoint_every"),
+            "checkpoint_every", "loss", "target_copies", "object_weight", "text_dropout"),
     "autoencoder": ("eval_clips", "stats_frames"),
     "critic": ("eval_clips",),
-    "distill": ("teacher", "teacher_steps", "max_history", "max_context", "checkpoint_every"),
+    "distill": ("teacher", "teacher_steps", "max_history", "max_context", "checkpoint_every", "guidance"),
 }
 STAGE_DEFAULTS = {
     "dit": {"steps": 20000, "batch": 32, "lr": 4e-4, "workers": 4},
@@ -139,7 +139,8 @@ def run_stage(stage: str, out: str | Path, o: dict, log=click.echo) -> dict:
                           time_limit=o["time_limit"], dim=o["dim"], layers=o["layers"], heads=o["heads"],
                           ffn=o["ffn"], max_history=o["max_history"], max_context=o["max_context"], seed=o["seed"],
                           init=o["init"], codec=o["codec"], sample_steps=o["sample_steps"],
-                          checkpoint_every=o["checkpoint_every"], **o.get("extra", {}))
+                          checkpoint_every=o["checkpoint_every"], loss=o["loss"], target_copies=o["target_copies"],
+                          object_weight=o["object_weight"], text_dropout=o["text_dropout"], **o.get("extra", {}))
         return train(cfg, out, device=device, log=log)
     if stage == "distill":
         from fademem.embedded.distill import DistillConfig, distill
@@ -147,7 +148,7 @@ def run_stage(stage: str, out: str | Path, o: dict, log=click.echo) -> dict:
         cfg = DistillConfig(teacher=o["teacher"], teacher_steps=o["teacher_steps"], steps=o["steps"],
                             batch=o["batch"], lr=o["lr"], workers=o["workers"], time_limit=o["time_limit"],
                             seed=o["seed"], max_history=o["max_history"], max_context=o["max_context"],
-                            checkpoint_every=o["checkpoint_every"], **o.get("extra", {}))
+                            checkpoint_every=o["checkpoint_every"], guidance=o["guidance"], **o.get("extra", {}))
         return distill(cfg, out, device=device, log=log)
     common = {"device": device, "steps": o["steps"], "batch": o["batch"], "lr": o["lr"],
               "time_limit": o["time_limit"], "seed": o["seed"], "workers": o["workers"], "log": log,
@@ -218,6 +219,16 @@ _nonneg = click.IntRange(min=0)
               help="dit: sampling steps trained for (4: the default schedule; more, e.g. 32: a teacher to distill).")
 @click.option("--checkpoint-every", default=None, type=click.FloatRange(min=0, min_open=True),
               help="dit, distill: also save the EMA weights every N seconds.")
+@click.option("--loss", default="x0", show_default=True, type=click.Choice(["x0", "v"]),
+              help="dit: error of the x0 prediction (few-step models) or of the flow v (teachers, as Wan trains).")
+@click.option("--target-copies", default=1, show_default=True, type=_pos,
+              help="dit: noise levels of each target chunk trained per forward (the context computed once).")
+@click.option("--object-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="dit: extra loss weight on the latent pixels the world's objects cover.")
+@click.option("--text-dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="dit: share of examples trained without their prompt (the unconditional branch of guidance).")
+@click.option("--guidance", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="distill: classifier-free guidance of the teacher (one trained with --text-dropout).")
 @click.option("--teacher", default=None, type=click.Path(dir_okay=False),
               help="distill: the flow-matching teacher bundle.")
 @click.option("--teacher-steps", default=None, type=_pos,

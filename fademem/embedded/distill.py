@@ -50,6 +50,7 @@ class DistillConfig:
     weight_decay: float = 0.0
     ema: float = 0.99
     teacher_steps: int | None = None  # ODE steps of the teacher over (0, 1]; None = its recorded schedule
+    guidance: float = 1.0  # classifier-free guidance of the teacher (needs one trained with text_dropout)
     max_history: int = 600
     max_context: int = 24
     context_noise: float = 0.1
@@ -83,18 +84,31 @@ def ode_path(start: float, levels: list[float]) -> list[float]:
 
 @torch.no_grad()
 def teacher_ode(model, x: torch.Tensor, n_ctx: int, ctx_sig: torch.Tensor, path: list[float], context,
-                positions, mask, amp) -> torch.Tensor:
+                positions, mask, amp, guidance: float = 1.0) -> torch.Tensor:
     """Euler-integrate the teacher's flow for the target frames (``x[:, :, n_ctx:]``) along ``path``
-    (noise levels, descending to 0), the context frames held fixed. Returns the target's x0 [B, C, F', h, w]."""
+    (noise levels, descending to 0), the context frames held fixed. Returns the target's x0 [B, C, F', h, w].
+
+    ``guidance != 1``: classifier-free guidance, ``v = v(empty) + guidance * (v(text) - v(empty))``, the
+    empty prompt being the zero text context (what ``TrainConfig.text_dropout`` trains), both branches in
+    one batched forward. The real generators are distilled from a guided teacher the same way.
+    """
     b, f = x.shape[0], x.shape[2]
     x = x.clone()
+    guided = guidance != 1.0
+    if guided:
+        context = torch.cat([context, torch.zeros_like(context)])
+        ctx_sig = torch.cat([ctx_sig, ctx_sig])
     for s, s_next in zip(path, path[1:]):
-        sig_f = torch.zeros(b, f, device=x.device)
+        xin = torch.cat([x, x]) if guided else x
+        sig_f = torch.zeros(xin.shape[0], f, device=x.device)
         sig_f[:, :n_ctx] = ctx_sig
         sig_f[:, n_ctx:] = s
         with amp:
-            v = model(x, sig_f * 1000, context, positions=positions, attn_mask=mask)
-        x[:, :, n_ctx:] = x[:, :, n_ctx:] + (s_next - s) * v[:, :, n_ctx:].float()
+            v = model(xin, sig_f * 1000, context, positions=positions, attn_mask=mask)
+        v = v[:, :, n_ctx:].float()
+        if guided:
+            v = v[b:] + guidance * (v[:b] - v[b:])
+        x[:, :, n_ctx:] = x[:, :, n_ctx:] + (s_next - s) * v
     return x[:, :, n_ctx:]
 
 
@@ -176,7 +190,8 @@ def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print
         ids = batch["ids"].to(device)
         with torch.no_grad(), amp:
             t_ctx = t_text(ids)
-        target = teacher_ode(t_model, x, n_ctx, ctx_sig, ode_path(s_k, levels), t_ctx, positions, mask, amp)
+        target = teacher_ode(t_model, x, n_ctx, ctx_sig, ode_path(s_k, levels), t_ctx, positions, mask, amp,
+                             cfg.guidance)
         sig_f = torch.zeros(b, f, device=device)
         sig_f[:, :n_ctx] = ctx_sig
         sig_f[:, n_ctx:] = s_k
@@ -195,4 +210,38 @@ def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print
     return info
 
 
-__all__ = ["DistillConfig", "distill", "ode_path", "teacher_ode", "teacher_sigmas"]
+@torch.no_grad()
+def teacher_rollout(bundle, prompt: str, num_frames: int, *, guidance: float = 1.0, seed: int = 0,
+                    steps: int | None = None, device: str = "cpu") -> torch.Tensor:
+    """A flow-matching teacher's own video from ``prompt`` (text only), chunk by chunk, each chunk integrated
+    by ``teacher_ode`` (with classifier-free ``guidance``) over all earlier frames at their true positions
+    (full memory, memory-free forwards). What the teacher's targets look like before distilling them:
+    the pipeline samples distilled models (one branch, bounded memory); this is a training tool.
+    Returns uint8 frames [num_frames, H, W, 3]."""
+    from fademem.embedded.train_data import CHUNK
+
+    if num_frames % CHUNK:
+        raise ValueError(f"num_frames must be a multiple of {CHUNK}, got {num_frames}")
+    model, text = bundle.model.to(device).eval(), bundle.text.to(device).eval()
+    codec = bundle.codec.to(device) if isinstance(bundle.codec, torch.nn.Module) else bundle.codec
+    levels = teacher_sigmas(bundle.schedule, steps)
+    ctx = text(text.tokenize([prompt]).to(device))
+    c, hw = bundle.cfg.channels, bundle.cfg.latent_hw
+    gen = torch.Generator().manual_seed(seed)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else torch.autocast(
+        "cpu", enabled=False)
+    latents = torch.zeros(1, c, 0, hw, hw, device=device)
+    tokens_per_frame = (hw // 2) ** 2
+    for start in range(0, num_frames, CHUNK):
+        noise = torch.randn(1, c, CHUNK, hw, hw, generator=gen).to(device)
+        x = torch.cat([latents, noise], dim=2)
+        chunks = torch.tensor([i // CHUNK for i in range(start)] + [start // CHUNK] * CHUNK)
+        mask = token_mask({"chunks": chunks}, start, tokens_per_frame, device)
+        positions = torch.arange(start + CHUNK, dtype=torch.float32, device=device)
+        out = teacher_ode(model, x, start, torch.zeros(1, 1, device=device), ode_path(1.0, levels), ctx,
+                          positions, mask, amp, guidance)
+        latents = torch.cat([latents, out], dim=2)
+    return codec.decode(latents).cpu()[0]
+
+
+__all__ = ["DistillConfig", "distill", "ode_path", "teacher_ode", "teacher_rollout", "teacher_sigmas"]

@@ -37,12 +37,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
-from fademem import embedded
 from fademem.embedded.bundle import (
     EmbeddedBundle,
     EmbeddedConfig,
@@ -53,9 +51,8 @@ from fademem.embedded.bundle import (
     save,
 )
 from fademem.embedded.bundle import load as load_bundle
+from fademem.embedded.train_data import CHUNK, WorldBatches, context_rule, data_throughput, random_world  # noqa: F401 (API)
 from fademem.wan.sampling import FlowSchedule
-
-CHUNK = 3
 
 
 @dataclass
@@ -89,125 +86,11 @@ class TrainConfig:
     checkpoint_every: float | None = None  # seconds; also save the (EMA) bundle this often while training
     loss: str = "x0"  # "x0": error of the x0 prediction (few-step models); "v": of the flow (teachers, as Wan)
     target_copies: int = 1  # noise levels trained per example in one forward (the context computed once)
-
-
-# -- context rules ----------------------------------------------------------------------------------
-def _fademem_frames(start: int, rng: np.random.Generator, max_context: int) -> tuple[list[int], list[float]]:
-    from fademem.memory.fademem import simulate
-
-    budget = int(rng.integers(4, max_context + 1))
-    beta = float(rng.choice([0.3, 0.5, 0.7, 1.0]))
-    entries = simulate(budget=budget, beta=beta, steps=start).as_json()
-    idx, pos = [], []
-    for e in entries:
-        idx.append(min(start - 1, max(0, int(round(e["mu"])))))
-        pos.append(float(e["mu"]))
-    return idx, pos
-
-
-def context_rule(start: int, rng: np.random.Generator, cfg: TrainConfig) -> tuple[str, list[int], list[float]]:
-    """Pick a memory rule and return (name, context frame indices, their temporal positions)."""
-    if start == 0:
-        return "none", [], []
-    frames = np.arange(start)
-    kind = rng.choice(["window", "sink", "fademem", "sparse", "full"], p=[0.25, 0.2, 0.3, 0.15, 0.1])
-    if kind == "full" and start > 2 * cfg.max_context:
-        kind = "window"
-    if kind == "fademem":
-        idx, pos = _fademem_frames(start, rng, cfg.max_context)
-        return str(kind), idx, pos
-    if kind == "full":
-        idx = frames.tolist()
-    elif kind == "window":
-        w = int(rng.integers(3, cfg.max_context + 1))
-        idx = frames[-w:].tolist()
-    elif kind == "sink":
-        s = int(rng.integers(1, 4))
-        w = int(rng.integers(3, cfg.max_context - s + 1))
-        idx = sorted(set(frames[:s].tolist()) | set(frames[-w:].tolist()))
-    else:  # sparse: keep frame at distance d with probability ~ d^-0.7, the newest always
-        d = start - frames
-        keep = rng.random(start) < np.minimum(1.0, 2.0 * d ** -0.7)
-        keep[-1] = True
-        idx = frames[keep].tolist()[-cfg.max_context:]
-    return str(kind), idx, [float(i) for i in idx]
-
-
-def random_world(rng: np.random.Generator, size: int, fps: int, text_len: int):
-    """(World, its prompt's token ids [text_len]) for a random prompt of the grammar."""
-    from fademem.embedded.world import World, sample_prompt, tokenize
-
-    prompt = sample_prompt(rng)
-    ids = np.zeros(text_len, np.int64)
-    tok = tokenize(prompt)
-    ids[:len(tok)] = tok
-    return World(prompt, int(rng.integers(1 << 31)), size, fps), ids
-
-
-class WorldBatches(IterableDataset):
-    """Endless batches rendered on the fly; each worker draws from its own seeded stream."""
-
-    def __init__(self, cfg: TrainConfig, ecfg: embedded.EmbeddedConfig):
-        self.cfg, self.size, self.fps, self.text_len = cfg, ecfg.frame_size, ecfg.fps, ecfg.text_len
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.cfg.seed, info.id if info else 0])
-        cfg = self.cfg
-
-        def new_world():
-            return random_world(rng, self.size, self.fps, self.text_len)
-
-        # Building a world (its texture) costs far more than rendering a frame of it: keep a pool
-        # and refresh a few worlds per batch; time offsets keep the examples distinct.
-        pool = [new_world() for _ in range(cfg.pool)]
-        while True:
-            for _ in range(cfg.refresh):
-                pool[int(rng.integers(len(pool)))] = new_world()
-            start = 0 if rng.random() < 0.12 else CHUNK * int(
-                math.exp(rng.uniform(0, math.log(cfg.max_history / CHUNK))))
-            kind, idx, pos = context_rule(start, rng, cfg)
-            if kind != "none" and rng.random() < cfg.compact_p:
-                pos = [float(i) for i in range(len(idx))]
-                target_pos = [float(len(idx) + i) for i in range(CHUNK)]
-            else:
-                target_pos = [float(start + i) for i in range(CHUNK)]
-            want = np.asarray(idx + [start + i for i in range(CHUNK)])
-            # uint8: a quarter of the bytes through worker IPC; each frame is quantised as it is written
-            # (the same values as quantising the whole float batch, without the float batch)
-            video = np.empty((cfg.batch, len(want), self.size, self.size, 3), np.uint8)
-            ids = np.zeros((cfg.batch, self.text_len), np.int64)
-            for b in range(cfg.batch):
-                world, ids[b] = pool[int(rng.integers(len(pool)))]
-                offset = int(rng.integers(0, 4 * cfg.max_history))  # any stretch of the (endless) video
-                for j, t in enumerate(want + offset):
-                    f = world.frame_at(int(t))
-                    f *= 255
-                    f += 0.5
-                    video[b, j] = f
-            chunks = [i // CHUNK for i in idx] + [start // CHUNK] * CHUNK
-            yield {"video": torch.from_numpy(video), "ids": torch.from_numpy(ids),
-                   "positions": torch.tensor(pos + target_pos, dtype=torch.float32),
-                   "chunks": torch.tensor(chunks), "n_ctx": len(idx), "kind": kind}
-
-
-def data_throughput(cfg: TrainConfig, seconds: float = 10.0, ecfg: EmbeddedConfig | None = None) -> dict:
-    """Batches (and frames) per second that ``cfg.workers`` rendering processes deliver through the
-    training DataLoader (after the first batch, i.e. without worker start-up). For picking ``workers``:
-    the GPU needs about as many batches/s as it trains steps/s."""
-    loader = DataLoader(WorldBatches(cfg, ecfg or EmbeddedConfig()), batch_size=None, num_workers=cfg.workers,
-                        persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
-    it = iter(loader)
-    t_start = time.time()
-    next(it)
-    t0, n, frames = time.time(), 0, 0
-    while time.time() - t0 < seconds:
-        b = next(it)
-        n, frames = n + 1, frames + b["video"].shape[0] * b["video"].shape[1]
-    dt = time.time() - t0
-    del it
-    return {"workers": cfg.workers, "batch": cfg.batch, "startup_s": round(t0 - t_start, 2),
-            "batches_per_s": round(n / dt, 2), "frames_per_s": round(frames / dt)}
+    object_weight: float = 0.0  # extra loss weight on latent pixels the world's objects cover (small, sharp,
+    #                             a few % of the pixels: unweighted, a model learns the background long before them)
+    compile: bool = False  # torch.compile the DiT for training (dynamic shapes: the context length varies)
+    text_dropout: float = 0.0  # share of examples trained without their prompt (zero text context): the
+    #                            unconditional branch classifier-free guidance needs (distillation with guidance)
 
 
 def degrade(frames: torch.Tensor, n_ctx: int, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -263,6 +146,14 @@ def token_mask(batch: dict, n_ctx: int, tokens_per_frame: int, device, copies: i
     """The example's frame mask (``frame_mask``) expanded to tokens, on ``device``."""
     mask = frame_mask(batch["chunks"], n_ctx, copies).to(device)
     return mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
+
+
+def object_weights(objects: torch.Tensor, latent_hw: int) -> torch.Tensor:
+    """[B, 1, F, h, w] float: the share of each latent pixel's footprint that the world's objects cover
+    (``objects``: bool [B, F, H, W] at frame size), for weighting the loss towards them."""
+    b, f, hh, ww = objects.shape
+    x = objects.reshape(b * f, 1, hh, ww).float()
+    return F.adaptive_avg_pool2d(x, latent_hw).reshape(b, 1, f, latent_hw, latent_hw)
 
 
 def optimise(opt, loss: torch.Tensor, params: list, ema: list, lr: float, ema_max: float, step: int) -> None:
@@ -344,6 +235,47 @@ def encode_frames(codec, frames: torch.Tensor, batch: int = 0) -> torch.Tensor:
     return torch.cat([codec.encode(frames[i:i + batch]).float() for i in range(0, frames.shape[0], batch)])
 
 
+def batch_loss(model, text, codec, batch: dict, cfg: TrainConfig, sched_sigmas: torch.Tensor, gen: torch.Generator,
+               amp, device) -> torch.Tensor:
+    """The training loss of one ``WorldBatches`` batch: the target chunk at ``cfg.target_copies`` noise levels
+    after its (noised, possibly blurred) context; flow or x0 error, object-weighted, with text dropout."""
+    n_ctx = batch["n_ctx"]
+    frames = batch["video"].to(device, non_blocking=True).float() / 255.0
+    k = cfg.target_copies
+    with amp:  # each frame encoded once: the context (possibly blurred like the model's own outputs), the targets
+        x0 = encode_frames(codec, frames[:, n_ctx:]).repeat(1, 1, k, 1, 1)  # [B, C, 3k, h, w]: clean targets
+        x_in = torch.cat([encode_frames(codec, degrade(frames[:, :n_ctx], n_ctx, cfg.degrade_p, gen)), x0],
+                         dim=2) if n_ctx else x0
+    b, f = x_in.shape[0], x_in.shape[2]
+    # noise level of each target copy: mostly the sampler's own levels
+    sigma = target_sigmas(b * k, cfg.schedule_p, sched_sigmas, gen, cfg.sample_shift).view(b, k)
+    sig_f = torch.zeros(b, f, device=device)
+    sig_f[:, n_ctx:] = sigma.repeat_interleave(CHUNK, 1)
+    sig_f[:, :n_ctx] = cfg.context_noise * torch.rand(b, 1, device=device, generator=gen)
+    noise = torch.randn(x_in.shape, device=device, generator=gen)
+    s5 = sig_f[:, None, :, None, None]
+    xt = (1 - s5) * x_in + s5 * noise
+    mask = token_mask(batch, n_ctx, (x_in.shape[-1] // 2) ** 2, device, k)
+    positions = batch["positions"]
+    positions = torch.cat([positions[:n_ctx], positions[n_ctx:].repeat(k)]).to(device)
+    with amp:
+        ctx = text(batch["ids"].to(device))
+        if cfg.text_dropout > 0:  # zero context = no prompt (the unconditional branch of guidance)
+            ctx = ctx * (torch.rand(b, 1, 1, device=device, generator=gen) >= cfg.text_dropout).to(ctx.dtype)
+        v = model(xt, sig_f * 1000, ctx, positions=positions, attn_mask=mask)
+    v = v[:, :, n_ctx:].float()
+    if cfg.loss == "v":
+        err = (v - (noise[:, :, n_ctx:] - x0)).pow(2)
+    else:
+        err = (xt[:, :, n_ctx:] - s5[:, :, n_ctx:] * v - x0).pow(2)
+    if cfg.object_weight > 0:
+        w = 1 + cfg.object_weight * object_weights(batch["objects"].to(device), x0.shape[-1]).repeat(1, 1, k, 1, 1)
+        loss = (err * w).mean() / w.mean()
+    else:
+        loss = err.mean()
+    return loss
+
+
 def _save_ema(bundle: EmbeddedBundle, params, ema, out, info: dict, schedule: SamplingSchedule) -> None:
     """Save with the EMA weights swapped in, then restore the live ones."""
     with torch.no_grad():
@@ -367,9 +299,9 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) ->
         codec.to(device).eval().requires_grad_(False)
     model, text = bundle.model.to(device).train().requires_grad_(True), bundle.text.to(device).train()
     params = list(model.parameters()) + list(text.parameters())
+    fwd = torch.compile(model, dynamic=True) if cfg.compile else model  # fuses the many small elementwise ops
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    tokens_per_frame = (ecfg.latent_hw // 2) ** 2
     sched_sigmas = torch.tensor(FlowSchedule(schedule.steps, schedule.shift).sigmas, device=device)
     loader = DataLoader(WorldBatches(cfg, ecfg), batch_size=None,
                         num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
@@ -378,6 +310,9 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) ->
         "cpu", enabled=False)
     if cfg.loss not in ("x0", "v"):
         raise ValueError(f"loss must be 'x0' or 'v', got {cfg.loss!r}")
+    if cfg.object_weight < 0 or not 0 <= cfg.text_dropout < 1:
+        raise ValueError(f"object_weight must be >= 0 and text_dropout in [0, 1), got {cfg.object_weight}, "
+                         f"{cfg.text_dropout}")
     if cfg.target_copies < 1:
         raise ValueError(f"target_copies must be >= 1, got {cfg.target_copies}")
     t0, history, step = time.time(), [], 0
@@ -400,32 +335,7 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) ->
             last_ckpt = time.time()
         n_ctx = batch["n_ctx"]
         t_data += time.time() - t_wait
-        frames = batch["video"].to(device, non_blocking=True).float() / 255.0
-        k = cfg.target_copies
-        with amp:  # each frame encoded once: the context (possibly blurred like the model's own outputs), the targets
-            x0 = encode_frames(codec, frames[:, n_ctx:]).repeat(1, 1, k, 1, 1)  # [B, C, 3k, h, w]: clean targets
-            x_in = torch.cat([encode_frames(codec, degrade(frames[:, :n_ctx], n_ctx, cfg.degrade_p, gen)), x0],
-                             dim=2) if n_ctx else x0
-        b, f = x_in.shape[0], x_in.shape[2]
-        # noise level of each target copy: mostly the sampler's own levels
-        sigma = target_sigmas(b * k, cfg.schedule_p, sched_sigmas, gen, cfg.sample_shift).view(b, k)
-        sig_f = torch.zeros(b, f, device=device)
-        sig_f[:, n_ctx:] = sigma.repeat_interleave(CHUNK, 1)
-        sig_f[:, :n_ctx] = cfg.context_noise * torch.rand(b, 1, device=device, generator=gen)
-        noise = torch.randn(x_in.shape, device=device, generator=gen)
-        s5 = sig_f[:, None, :, None, None]
-        xt = (1 - s5) * x_in + s5 * noise
-        mask = token_mask(batch, n_ctx, tokens_per_frame, device, k)
-        positions = batch["positions"]
-        positions = torch.cat([positions[:n_ctx], positions[n_ctx:].repeat(k)]).to(device)
-        with amp:
-            ctx = text(batch["ids"].to(device))
-            v = model(xt, sig_f * 1000, ctx, positions=positions, attn_mask=mask)
-        v = v[:, :, n_ctx:].float()
-        if cfg.loss == "v":
-            loss = (v - (noise[:, :, n_ctx:] - x0)).pow(2).mean()
-        else:
-            loss = (xt[:, :, n_ctx:] - s5[:, :, n_ctx:] * v - x0).pow(2).mean()
+        loss = batch_loss(fwd, text, codec, batch, cfg, sched_sigmas, gen, amp, device)
         optimise(opt, loss, params, ema, _lr(step, time.time() - t0, cfg), cfg.ema, step)
         if step % cfg.log_every == 0:
             lv = float(loss.detach())

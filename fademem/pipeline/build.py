@@ -80,7 +80,18 @@ def embedded_pipeline(bundle=None, device="cpu", dtype=torch.float32, *, overrid
                              "pass override_schedule=True to sample off it on purpose.")
         kwargs["steps"], kwargs["shift"] = steps, shift
         kwargs.setdefault("update", schedule.update)
-    return VideoPipeline(bundle.model, bundle.text, bundle.codec, **kwargs)
+    pipe = VideoPipeline(bundle.model, bundle.text, bundle.codec, **kwargs)
+    pipe.trained_frames = embedded_trained_frames(bundle, pipe.frames_per_chunk)
+    return pipe
+
+
+def embedded_trained_frames(bundle, frames_per_chunk: int = 3) -> int | None:
+    """The temporal positions an embedded model file was trained on, from its training record: targets
+    up to ``max_history`` frames into a video, one chunk long (the shipped file: 600 + 3 = 603 latent
+    frames, 75 s). None when the file does not record it (the session then assumes Wan's 21)."""
+    train = (getattr(bundle, "info", None) or {}).get("train") or {}
+    hist = train.get("max_history") if isinstance(train, dict) else None
+    return int(hist) + frames_per_chunk if isinstance(hist, int) and hist > 0 else None
 
 
 def generator_for_memory(model, memory):
