@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import av
 import numpy as np
@@ -336,3 +337,55 @@ def test_cli_wan_vae_latents(tmp_path):
     assert report["params"]["channels"] == "raw" and report["params"]["vae_dir"].endswith("vae")
     curves = np.array(report["videos"][0]["curves"])
     assert curves.shape == (3, 9) and np.all(np.abs(curves) <= 1 + 1e-5) and not math.isnan(curves.sum())
+
+
+V2 = Path(__file__).resolve().parents[1] / "training" / "embedded_v2"
+
+
+def test_cli_embedded_codec_latents(tmp_path):
+    """--codec: the world's true frames analysed in the embedded autoencoder's latent space, the latents
+    exactly the codec's own encoding of the decoded frames."""
+    import torch
+
+    from fademem.analysis.spectrum import codec_latents, load_frame_codec
+    from fademem.embedded.world import World
+
+    prompt = "a large red circle bouncing over a striped blue background , camera steadily keeps panning right"
+    frames = World(prompt, 1, 64, 8).render(40)
+    video = tmp_path / "world.mkv"
+    with av.open(str(video), "w") as container:  # RGB frames, near-lossless
+        stream = container.add_stream("ffv1", rate=8)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv444p"
+        for f in (frames * 255).round().astype(np.uint8):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(stream.encode())
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["spectrum", str(video), "--out", str(out), "--codec",
+                                    str(V2 / "autoencoder.safetensors"), "--bands", "3", "--max-lag", "8",
+                                    "--n-boot", "20", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "spectrum.json").read_text())
+    assert report["params"]["channels"] == "raw" and report["params"]["codec"].endswith("autoencoder.safetensors")
+    assert report["params"]["size"] == 64
+    curves = np.array(report["videos"][0]["curves"])
+    assert curves.shape == (3, 9) and np.all(np.abs(curves) <= 1 + 1e-5) and not math.isnan(curves.sum())
+    codec = load_frame_codec(V2 / "autoencoder.safetensors")
+    got = np.stack(list(codec_latents(iter(frames[:5]), codec, batch=2)))
+    want = codec.encode(torch.from_numpy(frames[None, :5])).float()[0].permute(1, 0, 2, 3).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)  # batched convolutions: float32 rounding only
+    assert got.shape == (5, codec.channels, 16, 16)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--codec", str(V2 / "critic.safetensors")], "neither an embedded autoencoder file nor"),
+    (["--codec", str(V2 / "autoencoder.safetensors"), "--size", "32"], "takes 64x64 frames"),
+    (["--codec", str(V2 / "autoencoder.safetensors"), "--vae-dir", "."], "not both"),
+])
+def test_cli_codec_errors(tmp_path, args, message):
+    video = tmp_path / "v.mkv"
+    write_video(video, planted_video(20, 32, [8, 4], 3, seed=1), "ffv1")
+    res = CliRunner().invoke(main, ["spectrum", str(video), "--out", str(tmp_path / "o"), "--max-lag", "4",
+                                    "--bands", "2", "--n-boot", "0", "--no-progress", *args])
+    assert res.exit_code != 0 and message in res.output, res.output
+    assert "Traceback" not in res.output

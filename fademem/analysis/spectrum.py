@@ -122,17 +122,76 @@ def wan_vae_latents(frames: Iterable[np.ndarray], vae_dir, device: str = "cpu", 
         yield from encode(buf)
 
 
+def load_frame_codec(path, device: str = "cpu"):
+    """The frame codec of an embedded-model file: an autoencoder file, or a bundle (its codec inside).
+    ValueError naming the file when it holds neither (or a pixel-space v1 bundle)."""
+    from safetensors import safe_open
+
+    from fademem.embedded import load as load_bundle
+    from fademem.embedded.autoencoder import load_codec
+
+    try:
+        with safe_open(os.fspath(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise ValueError(f"cannot read {path} as a safetensors file: {exc}") from exc
+    if "autoencoder" in meta:
+        return load_codec(path, device=device).eval()
+    try:
+        bundle = load_bundle(path, device=device)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ValueError(f"{path} is neither an embedded autoencoder file nor an embedded-model bundle") from exc
+    if bundle.cfg.codec == "pixel":
+        raise ValueError(f"{path} is a pixel-space (v1) bundle: it has no latent codec to analyse")
+    return bundle.codec.eval()
+
+
+def codec_latents(frames: Iterable[np.ndarray], codec, batch: int = 64):
+    """Encode RGB frames ([S, S, 3] in [0, 1], S the codec's frame size) with an embedded-model LatentCodec
+    and yield its normalised latents as (C, h, w) arrays: the space the embedded DiT and its memory see."""
+    import torch
+
+    s = codec.cfg.frame_size
+
+    def encode(buf):
+        x = torch.from_numpy(np.stack(buf))[None]  # [1, T, S, S, 3]
+        if tuple(x.shape[2:4]) != (s, s):
+            raise ValueError(f"frames are {tuple(x.shape[2:4])}, the codec takes {s}x{s} (--size {s})")
+        with torch.no_grad():
+            z = codec.encode(x.to(codec._param.device)).float().cpu()[0]  # [C, T, h, w]
+        return list(z.permute(1, 0, 2, 3).numpy())
+
+    buf = []
+    for frame in frames:
+        buf.append(np.asarray(frame, np.float32))
+        if len(buf) == batch:
+            yield from encode(buf)
+            buf = []
+    if buf:
+        yield from encode(buf)
+
+
 def analyse_videos(paths, params: SpectrumParams | None = None, *, size=None, stride: int = 1,
                    max_frames: int | None = None, vae_dir=None, device: str = "cpu",
-                   pool: bool = True, progress: bool = True) -> dict:
+                   pool: bool = True, progress: bool = True, codec=None) -> dict:
     """Stream every video, report per video (lags in seconds where the fps is known) and (pool=True,
-    several videos) pooled by clip."""
+    several videos) pooled by clip. ``vae_dir``: Wan-VAE latents; ``codec``: an embedded-model autoencoder
+    or bundle file, its latents (frames centre-cropped and resized to its frame size)."""
     from tqdm import tqdm
 
     from fademem.pipeline import video_io
 
     params = (params or SpectrumParams()).validate()
-    if vae_dir is not None:
+    if vae_dir is not None and codec is not None:
+        raise ValueError("give --vae-dir or --codec, not both")
+    frame_codec = None
+    if codec is not None:
+        frame_codec = load_frame_codec(codec, device)
+        s = frame_codec.cfg.frame_size
+        if size is not None and size not in (s, (s, s)):
+            raise ValueError(f"the codec {codec} takes {s}x{s} frames: leave --size out or give --size {s}")
+        size = s
+    if vae_dir is not None or codec is not None:
         params = SpectrumParams(**{**asdict(params), "channels": "raw"})
     if not paths:
         raise ValueError("no video given")
@@ -151,6 +210,8 @@ def analyse_videos(paths, params: SpectrumParams | None = None, *, size=None, st
         frames = tqdm(frames, total=n_use, desc=os.path.basename(path), unit="frame", disable=not progress)
         if vae_dir is not None:
             frames = wan_vae_latents(frames, vae_dir, device)
+        elif frame_codec is not None:
+            frames = codec_latents(frames, frame_codec)
         stats = accumulate(frames, params, name=path)
         fps = video_io.video_fps(path)
         dt = step / fps if fps else float(step)  # no frame rate: "seconds" are source frames
@@ -159,7 +220,8 @@ def analyse_videos(paths, params: SpectrumParams | None = None, *, size=None, st
                    fps=fps, lag_seconds=step / fps if fps else None, time_unit="s" if fps else "frames")
         videos.append(res)
     report = {"params": {**asdict(params), "size": size, "stride": stride, "max_frames": max_frames,
-                         "vae_dir": None if vae_dir is None else os.fspath(vae_dir), "pool": pool},
+                         "vae_dir": None if vae_dir is None else os.fspath(vae_dir),
+                         "codec": None if codec is None else os.fspath(codec), "pool": pool},
               "videos": videos, "pooled": None}
     if pool and len(videos) > 1:
         report["pooled"] = pool_clips(videos, params)

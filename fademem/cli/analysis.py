@@ -23,7 +23,7 @@ def _parse_size(ctx, param, value):
 @click.option("--bands", default=8, show_default=True, type=int, help="Radial frequency bands (>= 2).")
 @click.option("--max-lag", default=32, show_default=True, type=int, help="Largest lag, in analysed frames.")
 @click.option("--channels", default="luma", show_default=True, type=click.Choice(["luma", "rgb"]),
-              help="Pixel features (ignored with --vae-dir).")
+              help="Pixel features (ignored with --vae-dir / --codec).")
 @click.option("--size", default=None, callback=_parse_size, help="S (short side S, centre crop SxS) or HxW.")
 @click.option("--stride", default=1, show_default=True, type=int, help="Analyse every N-th frame.")
 @click.option("--max-frames", default=None, type=int, help="Enlarge the stride evenly so at most N frames are used.")
@@ -47,17 +47,20 @@ def _parse_size(ctx, param, value):
 @click.option("--beta-floor", default=0.05, show_default=True, type=float)
 @click.option("--vae-dir", default=None, type=click.Path(exists=True, file_okay=False),
               help="Analyse Wan-VAE latents (diffusers AutoencoderKLWan folder) instead of pixels.")
-@click.option("--device", default="cpu", show_default=True, help="Torch device for the VAE.")
+@click.option("--codec", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Analyse the embedded model's latents: its autoencoder file or a v2 bundle (frames "
+                   "centre-cropped to its frame size).")
+@click.option("--device", default="cpu", show_default=True, help="Torch device for the VAE or codec.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def spectrum(videos, out_dir, bands, max_lag, channels, size, stride, max_frames, rule, eps, lookahead, min_drop,
              censor_frac, window, ci_method, n_boot, block, level, seed, pool, suggest_beta, beta_floor, vae_dir,
-             device, progress):
+             codec, device, progress):
     """Spectral decay of VIDEO(s): C_r(lag) per band, horizons t*(r), r*(t) ~ t^-b (paper Sec. 3.2, Fig. 2)."""
     from fademem.analysis.spectrum import SpectrumParams, analyse_videos
     from fademem.analysis.spectrum_plot import format_summary, write_report
     from fademem.cli.common import check_device
 
-    if vae_dir is not None:  # the device only runs the VAE
+    if vae_dir is not None or codec is not None:  # the device only runs the VAE / codec
         device = str(check_device(device))
     try:
         params = SpectrumParams(bands=bands, max_lag=max_lag, channels=channels, window=window, rule=rule, eps=eps,
@@ -65,7 +68,7 @@ def spectrum(videos, out_dir, bands, max_lag, channels, size, stride, max_frames
                                 n_boot=n_boot, level=level, ci=ci_method, seed=seed,
                                 beta_floor=beta_floor).validate()
         report = analyse_videos(list(videos), params, size=size, stride=stride, max_frames=max_frames,
-                                vae_dir=vae_dir, device=device, pool=pool, progress=progress)
+                                vae_dir=vae_dir, device=device, pool=pool, progress=progress, codec=codec)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     paths = write_report(report, out_dir)

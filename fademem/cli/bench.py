@@ -128,11 +128,14 @@ def bench_speed(policies, seconds, full_max_frames, long_policies, long_seconds,
               help="Episodes per batch (0: all in one batch; the same grouping for every policy).")
 @click.option("--scenes", default="", help="Benchmark scene indices for the first episodes, e.g. '0,1,2,3'.")
 @click.option("--long-lag-seconds", default=8.0, show_default=True, type=float, help="'Long lag' threshold.")
+@click.option("--beta-from", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A fademem spectrum report (spectrum.json): its suggested beta replaces beta=auto in --policies "
+                   "(e.g. 'fademem,fademem:beta=auto' compares the paper's 0.3 with the measured one).")
 @click.option("--threads", default=None, type=int, help="torch.set_num_threads (CPU).")
 @click.option("--plot/--no-plot", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, dtype, weights, critic, out_dir, seed,
-                 steps, batch, scenes, long_lag_seconds, threads, plot, progress):
+                 steps, batch, scenes, long_lag_seconds, beta_from, threads, plot, progress):
     """Long-memory quality vs ground truth: true opening, then generation; PSNR/SSIM (and the critic's identity
     score) on the frames after each revisit, by lag; every pair of policies compared (Holm-corrected)."""
     import os
@@ -140,7 +143,13 @@ def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, d
     import torch
 
     from fademem.bench import memory as bm
+    from fademem.cli.common import measured_knobs, resolve_auto_specs
 
+    try:
+        specs = bm.parse_policies(policies)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--policies") from None
+    specs = resolve_auto_specs(specs, measured_knobs(beta_from), beta_from)
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -149,7 +158,7 @@ def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, d
     except ValueError:
         raise click.BadParameter("expected comma-separated numbers", param_hint="--steps/--scenes") from None
     try:
-        run = bm.MemoryRun(policies=bm.parse_policies(policies), episodes=episodes, budget=budget, seconds=seconds,
+        run = bm.MemoryRun(policies=specs, episodes=episodes, budget=budget, seconds=seconds,
                            opening_seconds=opening_seconds, device=device, dtype=dtype, weights=weights, seed=seed,
                            steps=step_list, batch=batch, scenes=scene_list, long_lag_seconds=long_lag_seconds,
                            critic=critic, progress=progress)

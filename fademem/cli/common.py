@@ -98,3 +98,39 @@ def check_seconds(seconds: float, param_hint: str = "--seconds", limit: float = 
         raise click.BadParameter(f"{seconds:g} s is {seconds / 3600:,.0f} hours of video; the limit is "
                                  f"{limit / 3600:g} h ({limit:g} s)", param_hint=param_hint)
     return seconds
+
+
+def measured_knobs(beta_from: str | None) -> dict:
+    """Knob values measured from data, for ``knob=auto`` in memory specs: ``--beta-from FILE`` (a
+    ``fademem spectrum`` report) gives ``beta``. A click error naming the file and why when it gives none."""
+    if beta_from is None:
+        return {}
+    import json
+
+    from fademem.memory import beta_from_spectrum
+
+    try:
+        with open(beta_from) as fh:
+            report = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(f"cannot read {beta_from} as a spectrum report (JSON): {exc}",
+                                 param_hint="--beta-from") from None
+    try:
+        return {"beta": beta_from_spectrum(report)}
+    except ValueError as exc:
+        raise click.BadParameter(f"{beta_from}: {exc}", param_hint="--beta-from") from None
+
+
+def resolve_auto_specs(specs: list[str], measured: dict, beta_from: str | None) -> list[str]:
+    """Memory specs with ``knob=auto`` replaced by the measured values (``measured_knobs``); a usage error
+    when a spec asks for a value nothing measured, or a measurement is given and no spec uses it."""
+    from fademem.memory import resolve_auto
+
+    try:
+        out = [resolve_auto(s, measured, source=f"--beta-from {beta_from}" if beta_from else "") for s in specs]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if measured and out == list(specs):
+        raise click.UsageError("--beta-from is given but no memory spec asks for it: write beta=auto in a spec, "
+                               "e.g. 'fademem:beta=auto'")
+    return out

@@ -28,7 +28,13 @@ def knob_types(cls: type[Memory]) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in _PRIVATE}
 
 
+AUTO = "auto"  # a knob value measured from data, resolved by ``resolve_auto`` before the spec is parsed
+
+
 def _coerce(policy: str, key: str, raw: str, tp: Any) -> Any:
+    if raw.lower() == AUTO and tp in (int, float):
+        raise ValueError(f"{policy}: {key}=auto is a value measured from data and must be resolved first "
+                         f"(the CLI: --{key.replace('_', '-')}-from FILE)")
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if raw.lower() in ("none", "null") and type(None) in args:
@@ -77,6 +83,27 @@ def parse_spec(spec: str) -> tuple[type[Memory], dict[str, Any]]:
             raise ValueError(f"{name}: knob '{key}' given twice")
         kwargs[key] = _coerce(name, key, raw.strip(), types_[key])
     return cls, kwargs
+
+
+def resolve_auto(spec: str, values: dict[str, Any], source: str = "") -> str:
+    """``spec`` with every ``knob=auto`` replaced by ``values[knob]`` (a measured value, e.g. FadeMem's beta
+    from a spectrum report); specs without ``auto`` come back unchanged. ValueError when a knob is ``auto``
+    and no value was measured for it (``source``: where values come from, for the message)."""
+    if not isinstance(spec, str):
+        return spec
+    name, colon, rest = spec.strip().partition(":")
+    items = [p.strip() for p in rest.split(",")] if colon else []
+    out = []
+    for item in items:
+        key, eq, raw = item.partition("=")
+        k = key.strip().replace("-", "_")
+        if eq and raw.strip().lower() == AUTO:
+            if k not in values:
+                hint = f" (given: {source})" if source else f" (pass --{k.replace('_', '-')}-from FILE)"
+                raise ValueError(f"{name}: {k}=auto has no measured value{hint}")
+            item = f"{key.strip()}={values[k]:.6g}" if isinstance(values[k], float) else f"{key.strip()}={values[k]}"
+        out.append(item)
+    return f"{name}:{','.join(out)}" if colon else name
 
 
 def build_memory(spec: str | Memory, **overrides: Any) -> Memory:
