@@ -5,6 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fademem._compat import hf_ready
+
+# Tests build diffusers / transformers models directly: with the eval extra's torchvision (a CUDA wheel) beside
+# the CPU torch, importing them needs the same workaround fademem applies before its own imports.
+hf_ready()
+
 
 @pytest.fixture(scope="module")
 def one_thread():

@@ -41,7 +41,8 @@ def test_dit_stage_default_and_sample_steps(teacher):
     assert b.schedule.kind == "flow-matching" and len(b.schedule.steps) == 8
     assert b.info["steps_done"] == 2
     recipe = b.info["train"]
-    assert (recipe["loss"], recipe["target_copies"], recipe["object_weight"], recipe["text_dropout"]) == ("v", 2, 4, 0.1)
+    got = (recipe["loss"], recipe["target_copies"], recipe["object_weight"], recipe["text_dropout"])
+    assert got == ("v", 2, 4, 0.1)
 
 
 def test_distill_stage(teacher, tmp_path):

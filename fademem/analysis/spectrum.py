@@ -90,6 +90,10 @@ def wan_vae_latents(frames: Iterable[np.ndarray], vae_dir, device: str = "cpu", 
     """Encode RGB frames one by one (as single-frame clips) with a diffusers AutoencoderKLWan and
     yield normalised latents (z - latents_mean) / latents_std as (z_dim, h, w) arrays."""
     import torch
+
+    from fademem._compat import hf_ready
+
+    hf_ready()  # torchvision's CPU/CUDA wheel clash (see fademem._compat)
     from diffusers import AutoencoderKLWan
 
     try:

@@ -134,6 +134,9 @@ def environment(device: torch.device) -> dict:
         env.update(gpu=p.name, gpu_memory_bytes=p.total_memory, sm_count=p.multi_processor_count,
                    cudnn=torch.backends.cudnn.version())
     try:
+        from fademem._compat import hf_ready
+
+        hf_ready()  # torchvision's CPU/CUDA wheel clash (see fademem._compat)
         import diffusers  # noqa: F401
 
         env["diffusers"] = diffusers.__version__

@@ -34,6 +34,9 @@ TINY_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, a
 
 def build_random_vae(device: str | torch.device, dtype: torch.dtype, which: str = "wan2.1", seed: int = 0):
     """A ``WanVAEDecoder`` over a random-weight ``AutoencoderKLWan`` (``which``: 'wan2.1' or 'tiny')."""
+    from fademem._compat import hf_ready
+
+    hf_ready()  # torchvision's CPU/CUDA wheel clash (see fademem._compat)
     from diffusers import AutoencoderKLWan
 
     from fademem.wan.vae import WanVAEDecoder
@@ -71,6 +74,9 @@ def run_end_to_end(model, run, text, peak, budget, report: dict, log) -> dict[st
     dtype = setup.torch_dtype()
     fpc = setup.frames_per_chunk
     try:
+        from fademem._compat import hf_ready
+
+        hf_ready()  # torchvision's CPU/CUDA wheel clash (see fademem._compat)
         import diffusers  # noqa: F401
     except ImportError:
         return {"skipped": "diffusers is not importable: end-to-end fps with streaming VAE decode not measured"}

@@ -211,6 +211,9 @@ def pretrain(model, text, codec, cfg: CompressorTrainConfig, device: str = "cuda
 
 def add_lora(model, rank: int):
     """peft LoRA on the self-attention projections (B zero-initialised: starts as the base model)."""
+    from fademem._compat import hf_ready
+
+    hf_ready()  # torchvision's CPU/CUDA wheel clash (see fademem._compat)
     from peft import LoraConfig, inject_adapter_in_model
 
     model.requires_grad_(False)
@@ -220,6 +223,9 @@ def add_lora(model, rank: int):
 
 
 def lora_state(model) -> dict[str, torch.Tensor]:
+    from fademem._compat import hf_ready
+
+    hf_ready()  # torchvision's CPU/CUDA wheel clash (see fademem._compat)
     from peft import get_peft_model_state_dict
 
     return dict(get_peft_model_state_dict(model))

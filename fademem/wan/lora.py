@@ -97,6 +97,9 @@ def load_lora(model: nn.Module, path: PathLike, alpha: float | None = None) -> n
 def merge_lora_pairs(model: nn.Module, pairs: dict[str, dict[str, torch.Tensor]], acfg: dict,
                      alpha: float | None = None, source: str = "LoRA") -> nn.Module:
     """Merge ``{module: {"A": lora_A, "B": lora_B}}`` into ``model`` with peft (see :func:`load_lora`)."""
+    from fademem._compat import hf_ready
+
+    hf_ready()  # torchvision's CPU/CUDA wheel clash (see fademem._compat)
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
     path = source

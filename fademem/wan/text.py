@@ -78,6 +78,9 @@ class UMT5TextEncoder:
         ``path`` may also be a directory holding both the encoder's config/weights and the
         tokenizer files directly.
         """
+        from fademem._compat import hf_ready
+
+        hf_ready()  # torchvision's CPU/CUDA wheel clash (see fademem._compat)
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         root = Path(path)
