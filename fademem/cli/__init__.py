@@ -2,8 +2,8 @@
 
 ``generate`` (fademem.cli.generate), ``train`` (fademem.cli.train), ``bench speed|memory``
 (fademem.cli.bench), ``spectrum`` and ``schedule`` (fademem.cli.analysis), ``train-compressor``
-(fademem.cli.compressor). Each command imports its heavy modules inside its function so
-``fademem --help`` stays fast.
+(fademem.cli.compressor), ``serve`` (fademem.cli.serve), ``eval score|run|report`` (fademem.cli.eval).
+Each command imports its heavy modules inside its function so ``fademem --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import click
 from fademem.cli.analysis import schedule, spectrum
 from fademem.cli.bench import bench
 from fademem.cli.compressor import train_compressor
+from fademem.cli.eval import eval_group
 from fademem.cli.generate import generate
+from fademem.cli.serve import serve
 from fademem.cli.train import train_cmd
 
 __all__ = ["main"]
@@ -25,6 +27,6 @@ def main() -> None:
     """Long-horizon autoregressive video diffusion under a fixed memory budget."""
 
 
-for _command in (spectrum, schedule, generate, train_cmd, bench, train_compressor):
+for _command in (spectrum, schedule, generate, train_cmd, bench, train_compressor, serve, eval_group):
     main.add_command(_command)
 del _command

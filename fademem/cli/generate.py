@@ -12,6 +12,8 @@ import os
 
 import click
 
+from fademem.cli.generate_input import DEFAULT_VIDEO_SECONDS, StartFrom, image_frames  # noqa: F401 (re-exported)
+
 WAN_TEMPORAL_STRIDE = 4  # the Wan VAE: T latent frames <-> 4T - 3 video frames
 EMBEDDED_TEMPORAL_STRIDE = 1  # the embedded codec: one video frame per latent frame
 
@@ -26,7 +28,10 @@ EMBEDDED_TEMPORAL_STRIDE = 1  # the embedded codec: one video frame per latent f
                    "model: 8 fps, one video frame per latent frame (60 s -> 480 frames). Wan (--checkpoint): "
                    "16 fps, latent frames = ceil((16*seconds+3)/4) (60 s -> 243 latent -> 969 video frames).")
 @click.option("--memory", "memory_spec", default="fademem", show_default=True,
-              help="Memory policy spec, e.g. 'fademem:budget=12,beta=0.3', 'sink', 'full', 'omnimem'.")
+              help="Memory policy spec, e.g. 'fademem:budget=12,beta=0.3', 'sink', 'full', 'omnimem'. FadeMem runs "
+                   "with compact positions (0..20 for any length) when the video is longer than the model's trained "
+                   "window (21 latent frames for Wan, 603 for the embedded model), unless positions= is given; the "
+                   "run prints the positions its memory keeps to and, at the end, the largest it used.")
 @click.option("--checkpoint", type=click.Path(), default=None,
               help="Causal Wan generator (Self-Forcing, CausVid, LongLive, Wan or diffusers layout); with "
                    "--wan-dir. Without both, the embedded model shipped in the package runs.")
@@ -56,9 +61,19 @@ EMBEDDED_TEMPORAL_STRIDE = 1  # the embedded codec: one video frame per latent f
               help="Embedded model only: teacher-force the first SECONDS (shorter than --seconds) with the "
                    "procedural world's true frames (rendered from the prompt and --seed), then generate.")
 @click.option("--image", type=click.Path(dir_okay=False), default=None,
-              help="Embedded model only: start from this image (any format Pillow reads): center-cropped to a "
-                   "square, resized to the model's 64x64 (bicubic), encoded by its codec and held for the first "
-                   "chunk (3 frames, teacher-forced); the video goes on from it.")
+              help="Start from this image (any format Pillow reads, any size): center-cropped to the frame's aspect "
+                   "ratio, resized to the frame (bicubic; 64x64 for the embedded model, --height x --width for Wan), "
+                   "encoded by the model's own encoder (its codec, or the Wan VAE) and held for the first chunk (3 "
+                   "latent frames, teacher-forced); the video goes on from it.")
+@click.option("--video", type=click.Path(dir_okay=False), default=None,
+              help="Continue this clip (any format FFmpeg reads, any size): its last --video-seconds, resampled to the "
+                   "model's fps (nearest frame in time) and fitted to the frame as for --image, are encoded by the "
+                   "model's own encoder and teacher-forced through the cache pass as the first chunks, so they become "
+                   "the memory's history. The output starts with them; --seconds counts them.")
+@click.option("--video-seconds", type=float, default=DEFAULT_VIDEO_SECONDS,
+              help=f"With --video: seconds taken from the end of the clip, rounded down to whole chunks (at least one: "
+                   f"3 frames for the embedded model, 9 for Wan) [default: {DEFAULT_VIDEO_SECONDS:g}, at most half of "
+                   "--seconds].")
 @click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True,
               help="x264 quality of the mp4 (0: lossless, bigger files).")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
@@ -76,13 +91,15 @@ EMBEDDED_TEMPORAL_STRIDE = 1  # the embedded codec: one video frame per latent f
               help="Stop (and save the state) after this many chunks of this run, as Ctrl-C would (tests).")
 def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_dir, out, seed, switch_specs,
              device, dtype, height, width, context_noise, weights, opening, crf, state_path, state_every,
-             resume_path, stop_after_chunks, image):
+             resume_path, stop_after_chunks, image, video, video_seconds):
     """Generate long videos chunk by chunk under a fixed KV-memory budget.
 
     Two generators: without --checkpoint/--wan-dir, the small embedded model shipped in the package
     (64x64, 8 fps, prompts from its procedural world's grammar; CPU is fine); with both, a real
     causal Wan generator (480x832 by default, 16 fps).
     """
+    from click.core import ParameterSource
+
     from fademem.cli.common import check_device, check_out_path, check_seconds
     from fademem.cli.generate_state import StateRun, resume
     from fademem.pipeline import parse_switch
@@ -99,11 +116,7 @@ def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_d
         raise click.BadParameter(f"the opening ({opening:g} s) must be shorter than the video (--seconds "
                                  f"{seconds:g})", param_hint="--opening")
     is_embedded = checkpoint is None and wan_dir is None
-    if image is not None and opening:
-        raise click.UsageError("--image and --opening both set the first frames: give one")
     if not is_embedded:
-        if image is not None:
-            raise click.UsageError("--image is for the embedded model (no --checkpoint / --wan-dir)")
         if opening:
             raise click.UsageError("--opening is for the embedded model (no --checkpoint / --wan-dir)")
         if weights is not None:
@@ -121,7 +134,8 @@ def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_d
     _check_memory(memory_spec)
     if weights is not None and not os.path.isfile(weights):
         raise click.BadParameter(f"embedded-model weights file not found: {weights}", param_hint="--weights")
-    picture = _read_image(image) if image is not None else None
+    given = click.get_current_context().get_parameter_source("video_seconds") == ParameterSource.COMMANDLINE
+    start = StartFrom.from_options(image, video, video_seconds, seconds, opening, given)
     dev = check_device(device)
     dtype = dtype or ("float32" if dev.type == "cpu" else "bfloat16")
     paths = _out_paths(out, len(prompts))
@@ -129,10 +143,10 @@ def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_d
         check_out_path(p)
     if is_embedded:
         _generate_embedded(prompts, seconds, memory_spec, paths, seed, switch_specs, dev, dtype, context_noise,
-                           weights, opening, height, width, run, image=image, picture=picture)
+                           weights, opening, height, width, run, start=start)
     else:
         _generate_wan(prompts, seconds, memory_spec, checkpoint, lora, wan_dir, paths, seed, switch_specs, dev,
-                      dtype, height, width, context_noise, run)
+                      dtype, height, width, context_noise, run, start=start)
 
 
 def _read_prompts(prompt, prompts_file) -> list[str]:
@@ -149,33 +163,6 @@ def _read_prompts(prompt, prompts_file) -> list[str]:
     if not prompts:
         raise click.BadParameter(f"no prompts in {prompts_file}", param_hint="--prompts")
     return prompts
-
-
-def _read_image(path):
-    """The --image file as an RGB Pillow image; an unreadable file is a usage error."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not os.path.isfile(path):
-        raise click.BadParameter(f"image file not found: {path}", param_hint="--image")
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise click.BadParameter(f"cannot read {path} as an image: {e}", param_hint="--image") from None
-
-
-def image_frames(picture, size: int, frames: int):
-    """uint8 video [1, frames, size, size, 3]: the image center-cropped to a square, resized to size x size
-    (bicubic), repeated."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    w, h = picture.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    square = picture.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(square, dtype=np.uint8).copy())[None, None].repeat(1, frames, 1, 1, 1)
 
 
 def _check_memory(memory_spec: str) -> None:
@@ -200,7 +187,7 @@ def _out_paths(out: str, n: int) -> list[str]:
 
 
 def _generate_wan(prompts, seconds, memory_spec, checkpoint, lora, wan_dir, paths, seed, switch_specs, device,
-                  dtype, height, width, context_noise, run):
+                  dtype, height, width, context_noise, run, start=None):
     import torch
 
     from fademem.pipeline import latent_frames_for_seconds, load_wan_pipeline
@@ -219,17 +206,51 @@ def _generate_wan(prompts, seconds, memory_spec, checkpoint, lora, wan_dir, path
     latent_shape = (pipe.decoder.z_dim, height // 8, width // 8)
     click.echo(f"{num_frames} latent frames ({4 * num_frames - 3} video frames at {pipe.fps:g} fps), "
                f"memory {memory_spec}, {device} {dtype}", err=True)
+    prefix = _start_prefix(start, run, pipe.decoder.encode, height, width, pipe,
+                           pipe.decoder.video_frames, num_frames)
+    _echo_positions(pipe, memory_spec, num_frames, run)
     for i, (p, path) in enumerate(zip(prompts, paths)):
         if len(prompts) > 1:
             click.echo(f"[{i + 1}/{len(prompts)}] {p}", err=True)
         try:
-            run.generate(pipe, p, num_frames, path, memory_spec, seed, switches, latent_shape,
+            run.generate(pipe, p, num_frames, path, memory_spec, seed, switches, latent_shape, prefix=prefix,
                          files=[checkpoint, *lora], cli=dict(kind="wan", checkpoint=os.path.abspath(checkpoint),
                          lora=[os.path.abspath(x) for x in lora], wan_dir=os.path.abspath(wan_dir), height=height,
-                         width=width))
+                         width=width, **_start_meta(start)))
         except ValueError as e:
             raise click.ClickException(str(e)) from None
+        _echo_used(pipe)
         click.echo(path)
+
+
+def _start_prefix(start, run, encode, height, width, pipe, video_frames_for, num_frames):
+    """The teacher-forced latents of --image / --video (None without one, or when a resumed run is past them)."""
+    if start is None:
+        return None
+    done = run.resume_state["start_frame"] if run.resume_state is not None else 0
+    prefix = start.prefix(encode, height, width, pipe.fps, video_frames_for, pipe.frames_per_chunk, num_frames, done)
+    if prefix is not None:
+        click.echo(start.describe(), err=True)
+    return prefix
+
+
+def _start_meta(start) -> dict:
+    return StartFrom.meta(start) if start is not None else {"image": None, "video": None}
+
+
+def _echo_positions(pipe, memory_spec, num_frames, run) -> None:
+    from fademem.cli.generate_input import position_note
+
+    if run.resume_state is None:  # a resumed run keeps its state's positions
+        click.echo(position_note(pipe, memory_spec, num_frames), err=True)
+
+
+def _echo_used(pipe) -> None:
+    from fademem.cli.generate_input import positions_used_note
+
+    note = positions_used_note(pipe)
+    if note:
+        click.echo(note, err=True)
 
 
 def _load_embedded(weights, device, dtype):
@@ -247,13 +268,10 @@ def _load_embedded(weights, device, dtype):
 
 
 def _generate_embedded(prompts, seconds, memory_spec, paths, seed, switch_specs, device, dtype, context_noise,
-                       weights, opening, height, width, run, image=None, picture=None):
+                       weights, opening, height, width, run, start=None):
     """`fademem generate` with no checkpoint: the small model shipped in the package (CPU is fine).
-    ``picture`` (the --image file ``image``, read) is the teacher-forced first chunk; a resumed run has
-    done that chunk already and passes only the path."""
+    ``start`` (--image / --video, a ``StartFrom``) gives the teacher-forced first chunks."""
     import dataclasses
-
-    import torch
 
     from fademem import embedded
     from fademem.pipeline import embedded_pipeline, generator_for_memory, latent_frames_for_seconds
@@ -283,18 +301,18 @@ def _generate_embedded(prompts, seconds, memory_spec, paths, seed, switch_specs,
     num_frames = latent_frames_for_seconds(seconds, fps=fps, temporal_stride=EMBEDDED_TEMPORAL_STRIDE)
     click.echo(f"embedded model: {num_frames} frames of {size}x{size} at {fps} fps "
                f"({num_frames / fps:g} s), memory {memory_spec}, {device}", err=True)
+    start_prefix = _start_prefix(start, run, bundle.codec.encode, size, size, pipe, lambda n: n, num_frames)
+    _echo_positions(pipe, memory_spec, num_frames, run)
     for i, (p, path) in enumerate(zip(prompts, paths)):
         if len(prompts) > 1:
             click.echo(f"[{i + 1}/{len(prompts)}] {p}", err=True)
         try:
-            prefix = embedded.opening(bundle, [p], seed, min(opening, num_frames / fps)) if opening else None
-            if picture is not None:
-                with torch.no_grad():
-                    prefix = bundle.codec.encode(image_frames(picture, size, pipe.frames_per_chunk))
+            prefix = embedded.opening(bundle, [p], seed, min(opening, num_frames / fps)) if opening else start_prefix
             run.generate(pipe, p, num_frames, path, memory_spec, seed, switches, embedded.latent_shape(bundle.cfg),
                          prefix=prefix, files=[weights or embedded.default_path()],
                          cli=dict(kind="embedded", weights=weights and os.path.abspath(weights), opening=opening,
-                                  image=image and os.path.abspath(image)))
+                                  **_start_meta(start)))
         except ValueError as e:
             raise click.ClickException(str(e)) from None
+        _echo_used(pipe)
         click.echo(path)

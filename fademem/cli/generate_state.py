@@ -18,7 +18,7 @@ import signal
 import click
 
 RESUME_FIXED = ("memory_spec", "checkpoint", "lora", "wan_dir", "weights", "seed", "dtype", "height", "width",
-                "context_noise", "opening", "crf", "out", "prompts_file", "image")
+                "context_noise", "opening", "crf", "out", "prompts_file", "image", "video", "video_seconds")
 
 
 class StateRun:
@@ -143,6 +143,7 @@ def resume(ctx: click.Context, resume_path, state_path, every, stop_after) -> No
 
     from fademem.cli.common import check_device, check_seconds
     from fademem.cli.generate import _check_memory, _generate_embedded, _generate_wan
+    from fademem.cli.generate_input import StartFrom
     from fademem.pipeline.state import StateError, load_state, read_header
     from fademem.pipeline.video_io import count_frames
 
@@ -162,13 +163,14 @@ def resume(ctx: click.Context, resume_path, state_path, every, stop_after) -> No
              "wan_dir": cli.get("wan_dir"), "weights": cli.get("weights"), "seed": cli.get("seed"),
              "dtype": cli.get("dtype"), "height": cli.get("height"), "width": cli.get("width"),
              "context_noise": cli.get("context_noise"), "opening": cli.get("opening", 0.0), "crf": cli.get("crf"),
-             "out": cli.get("out"), "prompts_file": None, "image": cli.get("image")}
+             "out": cli.get("out"), "prompts_file": None, "image": cli.get("image"), "video": cli.get("video"),
+             "video_seconds": cli.get("video_seconds")}
     flag = {prm.name: prm.opts[0] for prm in ctx.command.params}
     for k in RESUME_FIXED:
         if k not in given:
             continue
         mine, theirs = p[k], saved[k]
-        if k in ("checkpoint", "wan_dir", "weights", "out", "image") and mine is not None:
+        if k in ("checkpoint", "wan_dir", "weights", "out", "image", "video") and mine is not None:
             mine = os.path.abspath(mine)
         if k == "lora":
             mine = tuple(os.path.abspath(x) for x in mine)
@@ -196,7 +198,8 @@ def resume(ctx: click.Context, resume_path, state_path, every, stop_after) -> No
                 context_noise=saved["context_noise"], height=saved["height"], width=saved["width"], run=run)
     click.echo(f"resuming {resume_path}: {start} latent frames done, {state['video']['frames']} video frames in "
                f"{saved['out']}", err=True)
+    start = StartFrom.from_state(cli)
     if cli.get("kind") == "wan":
-        _generate_wan(checkpoint=saved["checkpoint"], lora=saved["lora"], wan_dir=saved["wan_dir"], **args)
+        _generate_wan(checkpoint=saved["checkpoint"], lora=saved["lora"], wan_dir=saved["wan_dir"], start=start, **args)
     else:
-        _generate_embedded(weights=saved["weights"], opening=saved["opening"], image=saved["image"], **args)
+        _generate_embedded(weights=saved["weights"], opening=saved["opening"], start=start, **args)

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from fademem.memory.slot_store import SlotStore, check_kv
+from fademem.memory.slot_store import SlotStore, check_frames, check_kv
 from fademem.rope import WanRoPE, apply_rotary
 
 
@@ -163,6 +163,7 @@ class Memory:
         """Forget everything (a new video)."""
         self.frames_seen = 0
         self._view_cache = None
+        self._positions_used: list[float] | None = None  # [lowest, highest] position a view gave so far
 
     def knobs(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
@@ -241,8 +242,42 @@ class Memory:
             self._chunk_room = 0
         if out is not None:
             out = out.with_buffers(query.num_frames * self.tokens_per_frame)
+        # without a view the model puts the chunk at its true frames
+        self._note_positions(self.chunk_positions(query) if out is None else out.positions + out.query_positions)
         self._view_cache = (key, out)
         return out
+
+    # -- temporal positions ---------------------------------------------------------------------
+    def position_range(self, num_frames: int, chunk: int = 3) -> tuple[float, float]:
+        """(lowest, highest) temporal RoPE position any memory key or chunk query of a view takes in a
+        video of ``num_frames`` latent frames made in chunks of ``chunk`` (the policy's statement,
+        tested). Default: true frame indices, ``(0, num_frames - 1)``; compact / online indexing
+        policies state a range that does not grow with the video (``positions_bounded``)."""
+        check_frames(num_frames, chunk)
+        return 0.0, float(num_frames - 1)
+
+    def positions_bounded(self, chunk: int = 3) -> bool:
+        """Whether ``position_range`` is the same however long the video."""
+        return self.position_range(1 << 20, chunk) == self.position_range(1 << 30, chunk)
+
+    def positions_used(self) -> tuple[float, float] | None:
+        """(lowest, highest) temporal position the views so far gave a key or query (None before the
+        first). Device-data positions (``nan`` in ``MemoryView.positions``: Deep Forcing's realigned
+        sink, OmniMem / MemFlow selections) are not counted; they always lie below the chunk's."""
+        return None if self._positions_used is None else (self._positions_used[0], self._positions_used[1])
+
+    def _note_positions(self, positions) -> None:
+        known = [p for p in positions if p == p]  # nan: device data
+        if known:
+            used, lo, hi = self._positions_used, min(known), max(known)
+            self._positions_used = [lo, hi] if used is None else [min(used[0], lo), max(used[1], hi)]
+
+    def for_run(self, num_frames: int, trained_frames: int, chunk: int = 3) -> str:
+        """The spec to run for a video of ``num_frames`` latent frames on a model trained on positions
+        ``0 .. trained_frames - 1``: its own (default), or the variant the policy prefers for runs that
+        outgrow that window (FadeMem: compact positions when unset). The session asks, naming no policy."""
+        check_frames(num_frames, chunk)
+        return self.spec()
 
     # -- what subclasses implement ----------------------------------------------------------------
     def _insert_frame(self, k: torch.Tensor, v: torch.Tensor, index: int) -> None:
@@ -334,6 +369,7 @@ class Memory:
                 out[name] = val.clone()
         for name in self.state_attrs:
             out[name] = copy.deepcopy(getattr(self, name))
+        out["positions_used"] = None if self._positions_used is None else list(self._positions_used)
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -356,4 +392,6 @@ class Memory:
             if name not in state:
                 raise ValueError(f"state has no '{name}' entry")
             setattr(self, name, copy.deepcopy(state[name]))
+        used = state.get("positions_used")  # absent in states saved before it was recorded
+        self._positions_used = None if used is None else [float(used[0]), float(used[1])]
         self._view_cache = None

@@ -14,11 +14,22 @@ Knobs: ``budget`` (entries, anchor included = history frames visible), ``beta`` 
 entry nearer the present, ``max`` element-wise; mu/span update identically for all four),
 ``preset``, ``positions`` (``absolute``: entries at mu, chunk at its true frames; ``compact``:
 the released 21-frame window once the chunk starts at frame >= 18, absolute before; None = the
-preset's: absolute for paper, compact for release), ``span_gamma`` (None = the preset's: 1 for
+preset's: absolute for paper, compact for release; see *Long runs* below), ``span_gamma`` (None = the preset's: 1 for
 paper, i.e. Algorithm 1's span weights, 0.5 for release), ``adaptive`` (``off``; ``cut``: consolidation
 that reacts to content -- a frame whose mean key is farther than ``cut_threshold`` in cosine
 distance from the previous frame's opens a new scene, and the pair straddling that cut never merges
 while another eligible pair remains; see ``fademem_cuts.py``).
+
+Long runs (``for_run``): with ``positions`` unset, a generation session runs the paper preset in
+``compact`` mode when the video is longer than the base model's trained window (the session's
+``trained_frames``: 21 latent frames for Wan2.1 / Self-Forcing checkpoints, 603 for the shipped
+embedded model), and ``absolute`` otherwise. Absolute positions put the chunk at its true frame
+index, 14,400 for an hour of Wan video: far outside anything the model was trained on, where
+RoPE extrapolates. Compact keeps every key and query in ``0 .. 17 + chunk`` (0..20) for any
+length (``position_range``), with the same merges: only where entries sit changes. Up to frame
+18 both modes are the same, so runs that fit the window are unchanged. A budget too large for the
+compact layout (> 18 with the anchor) keeps absolute positions; ``positions=absolute`` or
+``positions=compact`` in the spec is always kept as given.
 
 Release timing: the released model hands frames to the bank when the *next* chunk starts and
 measures their distances from that chunk's first frame. Here frames arrive through ``insert()``
@@ -205,6 +216,21 @@ class FadeMemMemory(Memory):
             anchored = self.anchor and bool(ents) and ents[0].anchor
             return [float(p) for p in fs.window_layout(mus, anchored, start, float(self.beta))], float(fs.CURRENT)
         return mus, float(start)
+
+    def position_range(self, num_frames: int, chunk: int = 3) -> tuple[float, float]:
+        """absolute: entry centres and the chunk at true frame indices; compact: absolute while the
+        chunk starts before frame 18, then the 21-frame layout, so never above ``17 + chunk``."""
+        lo, hi = super().position_range(num_frames, chunk)
+        return (lo, hi) if self.position_mode == "absolute" else (lo, min(hi, float(fs.CURRENT + chunk - 1)))
+
+    def for_run(self, num_frames: int, trained_frames: int, chunk: int = 3) -> str:
+        """Compact positions for a run longer than ``trained_frames`` when ``positions`` is unset and
+        the budget fits the compact layout (module doc, *Long runs*); else this spec."""
+        spec = super().for_run(num_frames, trained_frames, chunk)
+        if (self.positions is None and self.position_mode == "absolute" and num_frames > trained_frames
+                and self.budget <= fs.max_compact_budget(self.anchor)):
+            return build_memory(self, positions="compact").spec()
+        return spec
 
     def _view(self, query: ChunkQuery) -> MemoryView | None:
         ents = self.schedule.entries

@@ -189,6 +189,13 @@ class MemFlowMemory(Memory):
             v = torch.cat([v, bv], dim=1)
         return MemoryView(k, v, slot_pos + tuple(bank_host), qpos, mask)
 
+    def position_range(self, num_frames: int, chunk: int = 3) -> tuple[float, float]:
+        """absolute: true frame indices; compact: sink, bank and window slots, then the chunk (a bank
+        slot hidden by the mask still takes its position, so early on the chunk may sit past its frame)."""
+        lo, hi = super().position_range(num_frames, chunk)
+        compact = float(self.sink + self.bank + self.window + chunk - 1)
+        return (lo, hi) if self.positions == "absolute" else (lo, compact)
+
     def entries(self) -> list[Entry]:
         nb, _ = self._visible_bank()
         sinks, recent = list(self.sink_frames()), list(self.recent_frames())

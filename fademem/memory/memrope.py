@@ -215,6 +215,12 @@ class MemRoPEMemory(Memory):
         return MemoryView(self.rotated(k, positions), v, positions,
                           tuple(float(m + i) for i in range(query.num_frames)))
 
+    def position_range(self, num_frames: int, chunk: int = 3) -> tuple[float, float]:
+        """Online indexing: at most ``budget`` slots (sink + 2 EMA + recent), then the chunk (the two EMA
+        slots may stand for one folded frame, so early on the chunk can sit past its true index)."""
+        lo, _ = super().position_range(num_frames, chunk)
+        return lo, float(self.budget + chunk - 1)
+
     def frame_slots(self):
         return {f: (self.store, s) for f, s in self.recent_slots}
 

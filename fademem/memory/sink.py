@@ -85,6 +85,11 @@ class SinkMemory(Memory):
             return float(frame)
         return float(self.sink + frame - self.recent_frames().start)
 
+    def position_range(self, num_frames: int, chunk: int = 3) -> tuple[float, float]:
+        """absolute: true frame indices; compact: ``budget`` slots (sink included), then the chunk."""
+        lo, hi = super().position_range(num_frames, chunk)
+        return (lo, hi) if self.positions == "absolute" else (lo, min(hi, float(self.budget + chunk - 1)))
+
     def _held(self) -> list[int]:
         return [*self.sink_frames(), *self.recent_frames()]
 

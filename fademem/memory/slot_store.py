@@ -78,3 +78,10 @@ class SlotStore:
     def clear(self) -> None:
         self.k = self.v = None
         self.n_tok = 0
+
+
+def check_frames(num_frames: int, chunk: int) -> None:
+    """ValueError unless ``num_frames`` and ``chunk`` are positive integers (``Memory.position_range``)."""
+    for name, val in (("num_frames", num_frames), ("chunk", chunk)):
+        if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {val!r}")

@@ -52,6 +52,15 @@ class MemoryStack:
     def nbytes(self) -> int:
         return sum(m.nbytes() for m in self.layers)
 
+    def position_range(self, num_frames: int, chunk: int = 3) -> tuple[float, float]:
+        """The policy's stated range of temporal positions for a video of ``num_frames`` latent frames."""
+        return self.policy.position_range(num_frames, chunk)
+
+    def positions_used(self) -> tuple[float, float] | None:
+        """(lowest, highest) temporal position any layer's views gave so far; None before the first view."""
+        used = [u for u in (m.positions_used() for m in self.layers) if u is not None]
+        return (min(u[0] for u in used), max(u[1] for u in used)) if used else None
+
     def state_dict(self) -> dict[str, Any]:
         return {"spec": self.spec, "layers": [m.state_dict() for m in self.layers]}
 

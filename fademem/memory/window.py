@@ -91,6 +91,11 @@ class WindowMemory(Memory):
         k, v = self.store.frames(m)
         return MemoryView(self.rotated(k, positions), v, positions, self._query_positions(query, m))
 
+    def position_range(self, num_frames: int, chunk: int = 3) -> tuple[float, float]:
+        """absolute: true frame indices; compact: at most ``budget`` held frames, then the chunk."""
+        lo, hi = super().position_range(num_frames, chunk)
+        return (lo, hi) if self.positions == "absolute" else (lo, min(hi, float(self.budget + chunk - 1)))
+
     def _query_positions(self, query: ChunkQuery, m: int) -> tuple[float, ...]:
         if self.positions == "absolute":
             return self.chunk_positions(query)

@@ -12,6 +12,13 @@ latents and decoded frames, bit for bit, as the uninterrupted one (same device a
 Resuming may extend the video (a larger ``num_frames``) and change the plan after the resume
 point (new switches, e.g. a new prompt at the resume frame); the switches before it, the initial
 prompts, the seed, the latent shape and the sampler settings must be those of the state.
+
+Long runs: a memory given as a spec (not a built ``MemoryStack``) runs as the policy's
+``Memory.for_run(num_frames, trained_frames)`` says, e.g. FadeMem in compact positions for a video
+longer than the model's trained window (``trained_frames``: the argument, else ``pipe.trained_frames``,
+else 21 latent frames, the Wan2.1 / Self-Forcing window). A resumed run keeps the spec its state was
+saved with when that is the same policy's choice for another length. ``positions_used()`` reports
+the lowest and highest temporal position the memory gave so far.
 """
 
 from __future__ import annotations
@@ -23,12 +30,24 @@ from typing import Any
 
 import torch
 
+from fademem.memory import MemoryStack, build_memory
 from fademem.pipeline.chunk import Chunk, NonFiniteError
 from fademem.pipeline.decode import _DecodeQueue
 from fademem.pipeline.state import FORMAT, StateError, identity_difference, model_identity
 from fademem.pipeline.switches import _as_batch, plan_switches
 
 _STEP_SEED_OFFSET = 0x5DEECE66D  # second generator: re-noising draws
+DEFAULT_TRAINED_FRAMES = 21  # Wan2.1 (81 video frames) / Self-Forcing's 21-frame cache, in latent frames
+
+
+def trained_frames_of(pipe, trained_frames: int | None = None) -> int:
+    """The temporal positions ``0 .. n-1`` the pipeline's model was trained on: ``trained_frames`` when
+    given, else ``pipe.trained_frames`` when set, else ``DEFAULT_TRAINED_FRAMES``."""
+    n = trained_frames if trained_frames is not None else getattr(pipe, "trained_frames", None)
+    n = DEFAULT_TRAINED_FRAMES if n is None else n
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"trained_frames must be a positive integer, got {n!r}")
+    return n
 
 
 class GenerationSession:
@@ -37,7 +56,8 @@ class GenerationSession:
 
     def __init__(self, pipe, prompts: str | Sequence[str], num_frames: int, memory="full", seed: int = 0,
                  noise: torch.Tensor | None = None, switches=None, latent_shape: Sequence[int] = (16, 60, 104),
-                 prefix: torch.Tensor | None = None, cache_only=None, model_files: Sequence = ()):
+                 prefix: torch.Tensor | None = None, cache_only=None, model_files: Sequence = (),
+                 trained_frames: int | None = None):
         prompts = _as_batch(prompts)
         batch = len(prompts)
         fpc = pipe.frames_per_chunk
@@ -64,6 +84,12 @@ class GenerationSession:
                                  f"({fpc}) and at most num_frames ({num_frames})")
         self.plan = plan_switches(switches, num_frames, fpc, batch)
         self.stack = pipe._build_memory(memory)  # a bad spec fails here, not at the first chunk
+        self.trained_frames = trained_frames_of(pipe, trained_frames)
+        self._memory_arg = None if isinstance(memory, MemoryStack) else memory  # a built stack runs as given
+        if self._memory_arg is not None:
+            chosen = self.stack.policy.for_run(num_frames, self.trained_frames, fpc)
+            if chosen != self.stack.spec:
+                self.stack = pipe._build_memory(chosen)
         if cache_only is not None and not callable(cache_only):
             cache_only = frozenset(int(i) for i in cache_only).__contains__
         self.pipe, self.prompts, self.num_frames, self.seed = pipe, prompts, num_frames, int(seed)
@@ -186,6 +212,21 @@ class GenerationSession:
                 "recache_limit": pipe.recache_limit, "seed": self.seed, "prompts": list(self.prompts),
                 "memory": self.stack.spec, "dtype": str(self.dtype).replace("torch.", "")}
 
+    def positions_used(self) -> tuple[float, float] | None:
+        """(lowest, highest) temporal RoPE position the memory has given a key or query so far."""
+        return self.stack.positions_used()
+
+    def _adopt_memory(self, spec) -> bool:
+        """Run ``spec`` (a saved state's) instead when it is this memory's choice for another video
+        length (``Memory.for_run``): a resumed run keeps the positions it started with."""
+        if self._memory_arg is None or not isinstance(spec, str):
+            return False
+        policy, fpc = build_memory(self._memory_arg), self.pipe.frames_per_chunk
+        if spec not in (policy.spec(), policy.for_run(1 << 40, 1, fpc)):
+            return False
+        self.stack = self.pipe._build_memory(spec)
+        return True
+
     def identity(self) -> dict[str, Any]:
         if getattr(self, "_identity", None) is None:
             self._identity = model_identity(self.pipe.model, self.model_files)
@@ -224,6 +265,8 @@ class GenerationSession:
         if diff:
             raise StateError(f"the state was saved from another model: {diff}")
         saved, here = state.get("settings", {}), self._settings()
+        if saved.get("memory") != here["memory"] and self._adopt_memory(saved.get("memory")):
+            here = self._settings()
         if saved.get("memory") != here["memory"]:
             raise StateError(f"the state is for memory '{saved.get('memory')}', this run uses '{here['memory']}'")
         diff = [f"{k} {saved.get(k)!r} (state) vs {here[k]!r} (here)" for k in here if saved.get(k) != here[k]]
@@ -245,6 +288,25 @@ class GenerationSession:
         for f, x in state["ring"]:
             self.ring.append((int(f), x.to(device=self.device)))
         self._decoder_state = state.get("decoder")
+
+    def switch_prompt(self, prompts: str | Sequence[str]) -> int:
+        """A prompt switch decided while generating (``fademem serve``): ``prompts`` take effect at
+        the next chunk, with the same KV-recache as a planned switch, and replace the switches
+        planned from there on. Returns the latent frame it takes effect at. The prompts are encoded
+        now, so one the text encoder refuses raises ValueError and changes nothing."""
+        at = self.start
+        if self.done:
+            raise ValueError(f"the session is finished ({self.num_frames} latent frames)")
+        if at == 0:
+            raise ValueError("no chunk generated yet: a prompt for frame 0 is the initial prompt")
+        new = _as_batch(prompts, self.shape[0], what="switch")
+        keep = [(f, p) for f, p in self.plan if f < at]  # applied already: next_switch == len(keep)
+        with torch.no_grad():
+            encoded = self.pipe.text_encoder.encode(new)
+        if self.states is not None:  # else _begin() encodes the whole plan
+            self.states = self.states[:len(keep) + 1] + [encoded]
+        self.plan = keep + [(at, new)]
+        return at
 
 
 def iterate(session: GenerationSession, progress: bool = True) -> Iterator[Chunk]:

@@ -265,3 +265,69 @@ def read_video_info(path) -> VideoInfo:
         except av.FFmpegError as exc:
             raise ValueError(f"error while decoding {path}: {exc}") from exc
     return VideoInfo(n, float(rate) if rate else None, size)
+
+
+# -- start material: an image or a clip's last seconds, fitted to a model's frame size ---------------
+def fit_image(picture, height: int, width: int) -> np.ndarray:
+    """A Pillow image as uint8 RGB [height, width, 3] by the one rule ``--image`` / ``--video`` state:
+    center-crop the largest region of the target's aspect ratio, then resize it (bicubic). Any size is
+    accepted (smaller images are upscaled); a picture of zero area is refused."""
+    from PIL import Image
+
+    if height < 1 or width < 1:
+        raise ValueError(f"target size must be positive, got {height}x{width}")
+    w, h = picture.size
+    if w < 1 or h < 1:
+        raise ValueError(f"the picture has no pixels ({w}x{h})")
+    if w * height <= h * width:  # taller than the target: full width
+        cw, ch = w, max(1, round(w * height / width))
+    else:
+        cw, ch = max(1, round(h * width / height)), h
+    left, top = (w - cw) // 2, (h - ch) // 2
+    out = picture.convert("RGB").crop((left, top, left + cw, top + ch))
+    out = out.resize((width, height), Image.Resampling.BICUBIC)
+    return np.asarray(out, dtype=np.uint8).copy()
+
+
+def read_clip_tail(path, frames: int, fps: float, size: tuple[int, int]) -> np.ndarray:
+    """The last ``frames`` frames of ``path`` at ``fps`` frames per second, fitted to ``size`` (height,
+    width) by ``fit_image``: uint8 [n, H, W, 3], n <= frames (fewer when the clip is shorter).
+
+    Resampling in time: the last frame is the clip's last frame; frame j of n is the clip's frame
+    whose timestamp is nearest ``t_last - (n - 1 - j) / fps`` (ties to the earlier one), so a clip at
+    the model's rate gives its last n frames unchanged and a faster or slower one is thinned or
+    repeated. Timestamps are the container's (frame index / average rate when it has none). The clip
+    is decoded once, one frame at a time; only the frames within the window are kept."""
+    import collections
+
+    import av
+
+    if frames < 1 or fps <= 0:
+        raise ValueError(f"need frames >= 1 and fps > 0, got {frames}, {fps}")
+    span = frames / fps
+    kept: collections.deque = collections.deque()
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate) if stream.average_rate else fps
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                t = float(frame.time) if frame.time is not None else i / rate
+                kept.append((t, fit_image(frame.to_image(), *size)))
+                while len(kept) > 1 and kept[0][0] < t - span - 1.0 / rate:
+                    kept.popleft()
+        except av.FFmpegError as exc:
+            raise ValueError(f"error while decoding {path}: {exc}") from exc
+    finally:
+        container.close()
+    if not kept:
+        raise ValueError(f"{path} has no decodable video frames")
+    times = [t for t, _ in kept]
+    t_last, t_first = times[-1], times[0]
+    n = min(frames, int(math.floor((t_last - t_first) * fps + 1e-6)) + 1)
+    out = []
+    for j in range(n):
+        target = t_last - (n - 1 - j) / fps
+        best = min(range(len(times)), key=lambda i: (abs(times[i] - target), i))
+        out.append(kept[best][1])
+    return np.stack(out)

@@ -10,7 +10,9 @@ sampler finishes it. The result equals one-shot ``vae.decode`` on the whole late
 long video never holds more than one chunk of frames.
 
 Latents from the DiT are normalised; like diffusers' Wan pipeline the caller denormalises:
-``z = latent * latents_std + latents_mean`` (per channel, from the VAE config).
+``z = latent * latents_std + latents_mean`` (per channel, from the VAE config). ``encode`` goes the
+other way for start material (``fademem generate --image / --video``): 4P - 3 video frames to P
+normalised latent frames, the posterior mean of the VAE's causal encoder.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ class WanVAEDecoder:
     fps = WAN_FPS
 
     def __init__(self, vae, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+        from fademem._compat import hf_ready
+
+        hf_ready()  # torchvision's CPU/CUDA wheel clash (see fademem._compat)
         from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
         if device is not None or dtype is not None:
@@ -85,6 +90,9 @@ class WanVAEDecoder:
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32) -> WanVAEDecoder:
         """Load ``<wan-dir>/vae`` (the Wan2.1 Diffusers layout), or a VAE directory directly."""
+        from fademem._compat import hf_ready
+
+        hf_ready()  # torchvision's CPU/CUDA wheel clash (see fademem._compat)
         from diffusers import AutoencoderKLWan
 
         root = Path(path)
@@ -161,6 +169,9 @@ class WanVAEDecoder:
             outs.append(out)
         out = torch.cat(outs, dim=2)
         if vae.config.patch_size is not None:
+            from fademem._compat import hf_ready
+
+            hf_ready()  # torchvision's CPU/CUDA wheel clash (see fademem._compat)
             from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 
             out = unpatchify(out, patch_size=vae.config.patch_size)
@@ -184,6 +195,29 @@ class WanVAEDecoder:
         event = torch.cuda.Event()
         event.record()
         return PendingFrames(host, event)
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 video [B, T, H, W, 3] with T = 4P - 3 -> normalised latents [B, z, P, H/8, W/8] (float32,
+        on the VAE's device): diffusers' ``vae.encode`` (its causal encoder, the first frame alone, then
+        groups of 4), the posterior mean, then ``(z - latents_mean) / latents_std`` as the DiT sees
+        latents. Independent of the streaming decode state."""
+        if not isinstance(frames, torch.Tensor) or frames.dim() != 5 or frames.shape[-1] != 3 \
+                or frames.dtype != torch.uint8:
+            raise ValueError(f"expected uint8 frames [B, T, H, W, 3], got {getattr(frames, 'dtype', type(frames))} "
+                             f"{tuple(getattr(frames, 'shape', ()))}")
+        t, h, w = frames.shape[1:4]
+        if t < 1 or (t - 1) % self.temporal_scale:
+            raise ValueError(f"the Wan VAE encodes 1 + {self.temporal_scale}k frames, got {t}")
+        if h % self.spatial_scale or w % self.spatial_scale:
+            raise ValueError(f"frame size {h}x{w} is not a multiple of the VAE's {self.spatial_scale}")
+        x = frames.to(device=self.device).permute(0, 4, 1, 2, 3).to(self.dtype) / 127.5 - 1.0
+        z = self.vae.encode(x).latent_dist.mode().float()
+        dev = z.device
+        if dev not in self._stats:
+            self._stats[dev] = (self.mean.to(dev), self.std.to(dev))
+        mean, std = self._stats[dev]
+        return (z - mean) / std
 
     @staticmethod
     def video_frames(latent_frames: int) -> int:
