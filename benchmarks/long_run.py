@@ -1,7 +1,10 @@
 """Hour-long generation at constant memory: the embedded model on the CPU, minute by minute.
 
     python benchmarks/long_run.py [--minutes 60] [--policies fademem,sink,memrope] [--threads 1]
-                                  [--out docs/results/long_run_cpu.json]
+                                  [--out long_run.json] [--parallel] [--collect]
+
+Each policy's process writes its report so far after every minute of video (``<out>.<policy>.part.json``),
+so a run stopped early can still be assembled (``--collect``); the report says which runs finished.
 
 Each policy runs in its own process (so resident memory is that policy's alone) through the
 generation session ``fademem generate`` uses: every chunk is denoised (4 forwards), written to the
