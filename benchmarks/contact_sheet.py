@@ -23,12 +23,17 @@ DEMO_PROMPT = ("a large red circle bouncing over a striped blue background , cam
                "after 8 seconds")
 
 
+def whole_chunks(seconds: float, fps: float) -> int:
+    """Latent frames covering ``seconds``, rounded up to whole 3-frame chunks."""
+    return 3 * math.ceil(round(seconds * fps, 6) / 3)
+
+
 def generate_frames(bundle, prompt: str, seconds: float, seed: int, memory: str) -> np.ndarray:
     """uint8 [T, H, W, 3] generated from the prompt alone, noise from ``seed``."""
     from fademem import embedded
     from fademem.pipeline import embedded_pipeline, generator_for_memory
 
-    num_frames = 3 * math.ceil(round(seconds * bundle.cfg.fps, 6) / 3)
+    num_frames = whole_chunks(seconds, bundle.cfg.fps)
     model = generator_for_memory(bundle.model, memory)
     pipe = embedded_pipeline(dataclasses.replace(bundle, model=model))
     chunks = [c.frames[0] for c in pipe.generate(prompt, num_frames, memory=memory, seed=seed,
@@ -104,7 +109,7 @@ def main(argv=None) -> str:
 
         if bundle.schedule.update != "ode":
             ap.error(f"--guidance previews a flow-matching teacher; {args.weights} is {bundle.schedule.describe()}")
-        num_frames = 3 * math.ceil(round(args.seconds * bundle.cfg.fps, 6) / 3)
+        num_frames = whole_chunks(args.seconds, bundle.cfg.fps)
         gen = teacher_rollout(bundle, args.prompt, num_frames, guidance=args.guidance, seed=args.seed,
                               device=args.device).numpy()
         args.memory = f"full (teacher rollout, guidance {args.guidance:g})"

@@ -86,6 +86,19 @@ from fademem.analysis.spectrum_stats import fit_horizons, verdict  # noqa: F401
 # ----------------------------------------------------------------------------- videos
 
 
+def _encode_batches(frames: Iterable[np.ndarray], batch: int, encode):
+    """``encode`` (a list of float32 frames -> a list of latents) over ``frames`` in groups of ``batch``,
+    streamed: the latents of each group are yielded before the next group is read."""
+    buf = []
+    for frame in frames:
+        buf.append(np.asarray(frame, np.float32))
+        if len(buf) == batch:
+            yield from encode(buf)
+            buf = []
+    if buf:
+        yield from encode(buf)
+
+
 def wan_vae_latents(frames: Iterable[np.ndarray], vae_dir, device: str = "cpu", batch: int = 8):
     """Encode RGB frames one by one (as single-frame clips) with a diffusers AutoencoderKLWan and
     yield normalised latents (z - latents_mean) / latents_std as (z_dim, h, w) arrays."""
@@ -116,14 +129,7 @@ def wan_vae_latents(frames: Iterable[np.ndarray], vae_dir, device: str = "cpu", 
             z = vae.encode(x.to(device)).latent_dist.mode().float().cpu()
         return list(((z - mean) / std)[:, :, 0].numpy())
 
-    buf = []
-    for frame in frames:
-        buf.append(np.asarray(frame, np.float32))
-        if len(buf) == batch:
-            yield from encode(buf)
-            buf = []
-    if buf:
-        yield from encode(buf)
+    yield from _encode_batches(frames, batch, encode)
 
 
 def load_frame_codec(path, device: str = "cpu"):
@@ -165,14 +171,7 @@ def codec_latents(frames: Iterable[np.ndarray], codec, batch: int = 64):
             z = codec.encode(x.to(codec._param.device)).float().cpu()[0]  # [C, T, h, w]
         return list(z.permute(1, 0, 2, 3).numpy())
 
-    buf = []
-    for frame in frames:
-        buf.append(np.asarray(frame, np.float32))
-        if len(buf) == batch:
-            yield from encode(buf)
-            buf = []
-    if buf:
-        yield from encode(buf)
+    yield from _encode_batches(frames, batch, encode)
 
 
 def analyse_videos(paths, params: SpectrumParams | None = None, *, size=None, stride: int = 1,
