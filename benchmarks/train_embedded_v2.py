@@ -44,7 +44,7 @@ def stage_options(stage: str, d: Path, limit: float, args) -> tuple[Path, dict]:
         # four noise levels of each target chunk per forward (the context computed once), the flow (v) loss,
         # objects weighted up (they are a few % of the pixels), 10% without text (for guided distillation)
         o = options("dit", init=init, sample_steps=32, batch=args.batch or 96, lr=4e-4 if init is None else 3e-4,
-                    checkpoint_every=120, loss="v", target_copies=4, object_weight=4.0, text_dropout=0.1,
+                    checkpoint_every=120, loss="v", target_copies=4, object_weight=args.object_weight, text_dropout=0.1,
                     extra={"warmup": 300 if init is None else 50, "compile": args.compile}, **arch, **shared)
     else:
         # fademem.embedded.distill starts the student from the teacher (no resume of a student)
@@ -64,6 +64,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--batch", type=int, default=0)
     ap.add_argument("--compile", action="store_true", help="teacher: torch.compile the DiT")
+    ap.add_argument("--object-weight", type=float, default=4.0,
+                    help="teacher: extra loss weight on object pixels (weighting biases the prediction towards "
+                         "objects: lower it at the end of a run)")
     ap.add_argument("--guidance", type=float, default=1.0, help="distill: the teacher's classifier-free guidance")
     args = ap.parse_args()
     d, out = Path(args.dir), Path(args.out)
