@@ -6,7 +6,7 @@ picture comes from this script:
         camera pans right and returns after 8 seconds" --seconds 20 --out docs/demo_sheet.png
 
 Text only (no true opening): the model draws everything from the prompt. ``--weights`` defaults to the
-shipped v1 bundle; the pipeline samples with the bundle's own schedule (``embedded_pipeline(bundle)``).
+shipped bundle; the pipeline samples with the bundle's own schedule (``embedded_pipeline(bundle)``).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main(argv=None) -> str:
     from fademem import embedded
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--weights", default=None, help="Embedded-model bundle (default: the shipped v1).")
+    ap.add_argument("--weights", default=None, help="Embedded-model bundle (default: the shipped one).")
     ap.add_argument("--prompt", default=DEMO_PROMPT)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--seed", type=int, default=0, help="The world's seed and the sampler's noise seed.")
@@ -116,7 +116,7 @@ def main(argv=None) -> str:
     else:
         gen = generate_frames(bundle, args.prompt, args.seconds, args.seed, args.memory)
     truth = true_frames(args.prompt, args.seed, len(gen), bundle.cfg.frame_size, bundle.cfg.fps)
-    name = Path(args.weights).name if args.weights else "shipped v1"
+    name = Path(args.weights).name if args.weights else "shipped model"
     title = (f"{args.prompt}\n{name}, memory {args.memory}, seed {args.seed}: top generated (text only), "
              "bottom the world's true render")
     path = sheet(gen, truth, bundle.cfg.fps, args.every, title, args.out)

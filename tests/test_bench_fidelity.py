@@ -38,7 +38,7 @@ def test_fidelity_cli_tiny(tmp_path):
     assert res.exit_code == 0, res.output
     rep = json.loads((out / "fidelity.json").read_text())
     assert (out / "fidelity.png").stat().st_size > 0 and (out / "fidelity.txt").exists()
-    assert len(rep["episodes"]) == 2 and rep["config"]["schedule"].startswith("flow-matching")
+    assert len(rep["episodes"]) == 2 and rep["config"]["schedule"].startswith("distilled-4step")
     true_mean = rep["true"]["mean"][0]
     assert true_mean["n_scores"] > 0 and true_mean["acc"] > 0.8  # the critic reads the true renders
     assert 0 <= rep["generated"]["mean"][0]["acc"] <= 1

@@ -121,16 +121,16 @@ def test_critic_windows_follow_the_onsets():
 
 
 # -- end to end ------------------------------------------------------------------------------------------
-def test_end_to_end_with_the_shipped_v1_weights_and_the_critic():
+def test_end_to_end_with_the_shipped_weights_and_the_critic():
     run = bm.MemoryRun(policies=["full", "window:budget=6"], episodes=2, budget=6, seconds=6, opening_seconds=1.5,
                        scenes=[0], critic=CRITIC, progress=False)
     rep = bm.run_memory(run, log=lambda *a: None)
     cfg = rep["config"]
-    assert cfg["latent_frames"] == 48 and cfg["opening_frames"] == 12 and cfg["codec"] == "pixel"
+    assert cfg["latent_frames"] == 48 and cfg["opening_frames"] == 12 and cfg["codec"] == "autoencoder"
     assert cfg["steps"] == [1000.0, 750.0, 500.0, 250.0] and cfg["schedule_from"] == "the model file"
     assert [e["source"] for e in rep["episodes"]] == ["benchmark[0]", "revisit_scene(1, within_seconds=6)"]
     assert all(e["return_frame"] is not None for e in rep["episodes"]) and rep["revisit"]["aligned_frames"][0] > 0
-    assert rep["codec_ceiling"]["summary"]["psnr"][0] == pytest.approx(100.0)  # folded pixels are exact
+    assert 30 < rep["codec_ceiling"]["summary"]["psnr"][0] < 100  # the v2 autoencoder: near, not exact
     for p in rep["policies"]:
         assert p["error"] is None and p["opening_max_abs_error"] < 1e-5
         assert p["revisit"]["n_frames"] == sum(rep["revisit"]["aligned_frames"])

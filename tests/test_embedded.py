@@ -64,6 +64,41 @@ def test_same_seed_same_video_other_seed_differs(bundle):
     assert not torch.equal(a, c)
 
 
+# (prompt, its object's colour, a colour in neither the object nor the background)
+COLOUR_PROMPTS = [
+    ("a large red circle standing still over a plain blue background, camera is static", "red", "green"),
+    ("a large yellow square drifting left over a striped purple background, camera is static", "yellow", "cyan"),
+    ("a large cyan diamond orbiting over a checkered orange background, camera is static", "cyan", "purple"),
+    ("a large red circle bouncing over a striped blue background , camera pans right and returns after 8 seconds",
+     "red", "yellow"),
+]
+
+
+def colour_pixels(frames: np.ndarray, colour: str, tol: float = 60.0) -> np.ndarray:
+    """[T] pixels per frame whose nearest world palette colour is ``colour`` (within ``tol`` of it, 0-255)."""
+    from fademem.embedded.world.textures import RGB
+
+    names = list(RGB)
+    pal = np.array([RGB[n] for n in names]) * 255
+    f = frames.reshape(frames.shape[0], -1, 3).astype(np.float32)
+    d = np.sqrt(((f[:, :, None, :] - pal[None, None]) ** 2).sum(-1))
+    return ((d.argmin(-1) == names.index(colour)) & (d.min(-1) < tol)).sum(1)
+
+
+def test_shipped_model_draws_the_prompts_object_colour(bundle):
+    # text only, 4 s per prompt: most frames show the object's colour, a colour not asked for does not appear
+    pipe = embedded_pipeline(bundle)
+    shown, control = [], []
+    for prompt, colour, other in COLOUR_PROMPTS:
+        frames = torch.cat([c.frames[0] for c in pipe.generate(prompt, 33, memory="fademem", seed=0,
+                                                                progress=False)]).numpy()
+        shown.append(colour_pixels(frames, colour) >= 16)
+        control.append(colour_pixels(frames, other) >= 16)
+    share = float(np.concatenate(shown).mean())
+    assert share > 0.5, [float(x.mean()) for x in shown]
+    assert float(np.concatenate(control).mean()) < 0.05, [float(x.mean()) for x in control]
+
+
 def test_opening_is_the_true_world(bundle):
     from fademem.embedded.world import World
 
@@ -71,7 +106,9 @@ def test_opening_is_the_true_world(bundle):
     assert z.shape[2] == 9  # 8 frames rounded up to whole chunks
     truth = World(PROMPT, 5, 64, 8).render(9)
     back = bundle.codec.to_frames(z)[0].numpy()
-    assert np.abs(back - truth).max() < 1e-5
+    # the shipped v2 model's autoencoder: the true frames come back at its reconstruction quality
+    psnr = 10 * np.log10(1.0 / np.mean((back - truth) ** 2))
+    assert psnr > 30, psnr
 
 
 def test_cli_generate_uses_the_embedded_model(tmp_path):

@@ -83,8 +83,17 @@ def test_autoencoder_bundle_round_trip(ae, tmp_path):
         EmbeddedConfig(codec="vae")
 
 
-def test_v1_file_loads_as_pixel_bundle_with_the_default_schedule():
-    b = embedded.load()
+def test_v1_file_loads_as_pixel_bundle_with_the_default_schedule(tmp_path):
+    # a file in the v1 layout (folded pixels, no recorded schedule), as the package shipped until v2
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    b = build(EmbeddedConfig(), EmbeddedConfig().dit_config(32, 1, 2, 64), schedule=SamplingSchedule.distilled())
+    save(b, tmp_path / "p.safetensors")
+    with safe_open(str(tmp_path / "p.safetensors"), "pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if k != "schedule"}
+        save_file({k: f.get_tensor(k) for k in f.keys()}, str(tmp_path / "v1.safetensors"), metadata=meta)
+    b = embedded.load(tmp_path / "v1.safetensors")
     assert b.cfg.codec == "pixel" and latent_shape(b.cfg) == (48, 16, 16)
     assert b.schedule.inferred and b.schedule.steps == tuple(map(float, DEFAULT_STEPS))
     assert b.schedule.shift == DEFAULT_SHIFT

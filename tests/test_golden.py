@@ -13,6 +13,7 @@ Record again (only when a change of behaviour is intended):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ import torch
 
 from fademem import embedded
 from fademem.memory import REGISTRY
-from fademem.pipeline import VideoPipeline, generator_for_memory
+from fademem.pipeline import VideoPipeline, embedded_pipeline, generator_for_memory
 from fademem.wan.model import CausalWanModel, WanConfig
 
 GOLDEN = Path(__file__).parent / "golden" / "outputs.json"
@@ -45,7 +46,7 @@ EMBEDDED_SPECS = {
     "deepforcing": "deepforcing:cache=9,budget=6,sink=2,recent=3",
     "omnimem": "omnimem:topk=4,block_h=2,block_w=4,query_group=8,window_chunks=1,grid=8x8",
     "memflow": "memflow:window=3,bank=2,every=1",
-    "compressor": "compressor:window=2,budget=4",
+    "compressor": "compressor:window=2,budget=4,allow_random=true",  # no compressor ships for the v2 model yet
 }
 WAN_SPECS = dict(EMBEDDED_SPECS,
                  omnimem="omnimem:topk=2,block_h=1,block_w=3,query_group=3,window_chunks=1,grid=2x3",
@@ -90,7 +91,7 @@ def embedded_case(policy: str) -> dict:
     bundle = embedded.load()
     spec = EMBEDDED_SPECS[policy]
     model = generator_for_memory(bundle.model, spec)
-    pipe = VideoPipeline(model, bundle.text, bundle.codec)
+    pipe = embedded_pipeline(dataclasses.replace(bundle, model=model))  # the file's own sampling schedule
     return _summary(*_run(pipe, EMBEDDED_PROMPT, EMBEDDED_SWITCH, spec, embedded.latent_shape(bundle.cfg)))
 
 

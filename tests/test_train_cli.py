@@ -134,7 +134,7 @@ def test_v2_training_script_uses_the_cli_functions():
     spec.loader.exec_module(mod)
 
     class Args:
-        device, workers, batch, compile, guidance = "cpu", 0, 0, False, 1.0
+        device, workers, batch, compile, guidance, object_weight = "cpu", 0, 0, False, 1.0, 4.0
 
     for stage, want in (("ae", "autoencoder"), ("critic", "critic"), ("teacher", "dit"), ("distill", "distill")):
         path, o = mod.stage_options(stage, V2, 60.0, Args)

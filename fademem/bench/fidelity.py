@@ -53,7 +53,7 @@ CRITIC_ASSET = "critic.safetensors"
 @dataclass
 class FidelityRun:
     critic: str | None = None  # default: fademem/assets/critic.safetensors when the package ships one
-    weights: str | None = None  # default: the shipped v1 bundle
+    weights: str | None = None  # default: the shipped bundle
     episodes: int = 8
     seconds: float = 60.0
     memory: str = "fademem"

@@ -5,7 +5,7 @@ given by ``scenes``), then random revisit scenes (the camera pans away and comes
 brings content back among its generated frames: benchmark scenes that do not (within ``seconds``) are
 skipped and listed, random scenes are built to return in time, and both are checked. Default episode
 count: 48 with ``device="cuda"`` (tight intervals), 4 on the CPU (a run of minutes). For every episode
-and every memory policy the embedded model (``fademem.embedded``: the shipped v1 file or a v2 bundle
+and every memory policy the embedded model (``fademem.embedded``: the shipped file or another bundle
 with its autoencoder codec, 64x64 frames, 8 fps, one latent frame per video frame):
 
 1. sees the TRUE opening: the first ``opening_seconds`` of the true video, encoded by the bundle's
@@ -114,7 +114,7 @@ class MemoryRun:
     opening_seconds: float = 6.0
     device: str = "cpu"
     dtype: str = "float32"
-    weights: str | None = None  # default: the shipped fademem/assets/embedded.safetensors (v1); or a v2 bundle
+    weights: str | None = None  # default: the shipped fademem/assets/embedded.safetensors; or another bundle
     seed: int = 0
     steps: Sequence[float] | None = None  # None: the model file's schedule; given: must agree with it
     batch: int = 0  # episodes per batch (0: all at once; every policy uses the same grouping)

@@ -114,7 +114,7 @@ def bench_speed(policies, seconds, full_max_frames, long_policies, long_seconds,
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
 @click.option("--weights", default=None, type=click.Path(dir_okay=False),
-              help="Embedded-model file: the shipped v1 fademem/assets/embedded.safetensors (default) or a v2 bundle "
+              help="Embedded-model file: the shipped fademem/assets/embedded.safetensors (default) or another bundle "
                    "(autoencoder codec, recorded sampling schedule).")
 @click.option("--critic", default=None, type=click.Path(dir_okay=False),
               help="World-critic file: adds the identity score (object colour/shape/size) on revisit windows; "
@@ -181,7 +181,7 @@ def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, d
               help="World-critic file (fademem train --stage critic); required unless the package ships "
                    "fademem/assets/critic.safetensors.")
 @click.option("--weights", default=None, type=click.Path(dir_okay=False),
-              help="Embedded-model bundle (default: the shipped v1); sampled with its own recorded schedule.")
+              help="Embedded-model bundle (default: the shipped one); sampled with its own recorded schedule.")
 @click.option("--episodes", default=8, show_default=True, type=click.IntRange(min=1),
               help="Held-out prompts (and, separately, held-out panning scenes for the continuation metric).")
 @click.option("--seconds", default=60.0, show_default=True, type=float, help="Video length, text only.")

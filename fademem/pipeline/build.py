@@ -65,7 +65,7 @@ def embedded_pipeline(bundle=None, device="cpu", dtype=torch.float32, *, overrid
     or ``shift`` that differ from it raises ValueError naming both, unless ``override_schedule=True``
     (for experiments that sample a model off its schedule on purpose).
     """
-    from fademem.embedded import load
+    from fademem.embedded import latent_shape, load
 
     bundle = bundle or load(device=device, dtype=dtype)
     schedule = getattr(bundle, "schedule", None)
@@ -82,14 +82,16 @@ def embedded_pipeline(bundle=None, device="cpu", dtype=torch.float32, *, overrid
         kwargs.setdefault("update", schedule.update)
     pipe = VideoPipeline(bundle.model, bundle.text, bundle.codec, **kwargs)
     pipe.trained_frames = embedded_trained_frames(bundle, pipe.frames_per_chunk)
+    pipe.latent_shape = latent_shape(bundle.cfg)  # generate()'s default
     return pipe
 
 
 def embedded_trained_frames(bundle, frames_per_chunk: int = 3) -> int | None:
-    """The temporal positions an embedded model file was trained on, from its training record: targets
+    """The temporal positions an embedded model file was trained on, from its training (or distillation) record: targets
     up to ``max_history`` frames into a video, one chunk long (the shipped file: 600 + 3 = 603 latent
     frames, 75 s). None when the file does not record it (the session then assumes Wan's 21)."""
-    train = (getattr(bundle, "info", None) or {}).get("train") or {}
+    info = getattr(bundle, "info", None) or {}
+    train = info.get("train") or info.get("distill") or {}  # a distilled student records its data config
     hist = train.get("max_history") if isinstance(train, dict) else None
     return int(hist) + frames_per_chunk if isinstance(hist, int) and hist > 0 else None
 

@@ -13,7 +13,7 @@ from fademem.pipeline.switches import _as_batch
 
 def generate_video(pipe, prompts: str | Sequence[str], num_frames: int, *, out, memory="full",
                    seed: int = 0, noise: torch.Tensor | None = None, switches=None,
-                   latent_shape: Sequence[int] = (16, 60, 104), progress: bool = True,
+                   latent_shape: Sequence[int] | None = None, progress: bool = True,
                    return_latents: bool = False, prefix: torch.Tensor | None = None, crf: int = 18):
     """``pipe.generate_video(...)``: generate with ``pipe`` (a ``VideoPipeline``) and stream the
     decoded frames into mp4 file(s) (x264 at ``crf``; 0 is lossless); see there."""

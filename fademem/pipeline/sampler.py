@@ -179,7 +179,7 @@ class VideoPipeline:
 
     # -- sampling -------------------------------------------------------------------------------
     def generate(self, prompts: str | Sequence[str], num_frames: int, memory="full", seed: int = 0,
-                 noise: torch.Tensor | None = None, switches=None, latent_shape: Sequence[int] = (16, 60, 104),
+                 noise: torch.Tensor | None = None, switches=None, latent_shape: Sequence[int] | None = None,
                  progress: bool = True, prefix: torch.Tensor | None = None,
                  cache_only=None) -> Iterator[Chunk]:
         """Yield each finished chunk (clean latents, and decoded frames when a decoder is set).
@@ -189,7 +189,8 @@ class VideoPipeline:
         memory:       a memory spec ("full", "sink:...", "fademem:budget=12") or a MemoryStack (reset here).
         noise:        optional initial noise [B, C, num_frames, h, w]; default: drawn from ``seed``.
         switches:     [(latent_frame, prompt or prompts), ...]; see ``plan_switches``.
-        latent_shape: (C, h, w) of one latent frame.
+        latent_shape: (C, h, w) of one latent frame; default: the pipeline's ``latent_shape`` when set
+                      (embedded pipelines), else Wan's at 480x832, (16, 60, 104).
         prefix:       optional clean latents [B, C, P, h, w], P a multiple of frames_per_chunk and at most
                       num_frames: teacher forcing. The first P frames are not sampled but taken as given;
                       each of their chunks goes through the same cache-writing forward as a generated one
@@ -280,7 +281,7 @@ class VideoPipeline:
     # -- convenience ----------------------------------------------------------------------------
     def generate_video(self, prompts: str | Sequence[str], num_frames: int, *, out, memory="full",
                        seed: int = 0, noise: torch.Tensor | None = None, switches=None,
-                       latent_shape: Sequence[int] = (16, 60, 104), progress: bool = True,
+                       latent_shape: Sequence[int] | None = None, progress: bool = True,
                        return_latents: bool = False, prefix: torch.Tensor | None = None, crf: int = 18):
         """Generate and stream the decoded frames into mp4 file(s).
 

@@ -55,7 +55,7 @@ class GenerationSession:
     in ``VideoPipeline.generate``. ``model_files``: weights files whose identity a saved state records."""
 
     def __init__(self, pipe, prompts: str | Sequence[str], num_frames: int, memory="full", seed: int = 0,
-                 noise: torch.Tensor | None = None, switches=None, latent_shape: Sequence[int] = (16, 60, 104),
+                 noise: torch.Tensor | None = None, switches=None, latent_shape: Sequence[int] | None = None,
                  prefix: torch.Tensor | None = None, cache_only=None, model_files: Sequence = (),
                  trained_frames: int | None = None):
         prompts = _as_batch(prompts)
@@ -66,7 +66,8 @@ class GenerationSession:
         if num_frames % fpc:
             raise ValueError(f"num_frames ({num_frames}) must be a multiple of frames_per_chunk ({fpc}); "
                              f"use {fpc * math.ceil(num_frames / fpc)}")
-        c, h, w = (int(s) for s in latent_shape)
+        # None: the pipeline's own (an embedded pipeline knows its latents), else Wan's at 480x832
+        c, h, w = (int(s) for s in (latent_shape or getattr(pipe, "latent_shape", None) or (16, 60, 104)))
         shape = (batch, c, num_frames, h, w)
         if noise is not None:
             if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != shape:
