@@ -11,7 +11,14 @@ import numpy as np
 
 from fademem.analysis.spectrum_bands import LagStats, _ratio, accumulate, band_edges
 from fademem.analysis.spectrum_params import SpectrumParams
-from fademem.analysis.spectrum_stats import b_interval, fit_horizons, quantile_interval, summarise_fit, verdict
+from fademem.analysis.spectrum_stats import (
+    b_interval,
+    fit_censored,
+    fit_horizons,
+    quantile_interval,
+    summarise_fit,
+    verdict,
+)
 
 MIN_BOOT_BLOCKS = 5
 
@@ -115,6 +122,21 @@ def fit_power_law(t: np.ndarray, r: np.ndarray, level: float = 0.95) -> dict | N
 def _resolved_fit(horizons, status, centres, params, dt=1.0):
     ok = np.array([s == "resolved" for s in status])
     return ok, fit_horizons(centres[ok], horizons[ok] * dt, level=params.level)
+
+
+def censored_fit(results: list[dict], level: float = 0.95) -> dict:
+    """``spectrum_stats.fit_censored`` over per-clip results (one intercept per clip): resolved horizons as
+    values, too-slow / too-fast bands as bounds (seconds), undefined bands left out."""
+    f, t, side, groups = [], [], [], []
+    for i, res in enumerate(results):
+        for c, h, st, bd in zip(res["band_centres"], res["horizons_s"], res["horizon_status"],
+                                res["horizon_bounds_s"], strict=True):
+            if st == "resolved" or bd is not None:
+                f.append(c)
+                t.append(h if st == "resolved" else bd[1])
+                side.append(0 if st == "resolved" else 1 if bd[0] == ">" else -1)
+                groups.append(i)
+    return fit_censored(f, t, side, groups, level)
 
 
 def bootstrap_horizons(stats: list[LagStats], params: SpectrumParams, bands: np.ndarray) -> np.ndarray:
@@ -260,6 +282,7 @@ def analyse_stats(stats: list[LagStats], params: SpectrumParams, dt: float = 1.0
             res["ci_bootstrap"] = b_interval(k_int["block"])
     res.update(summarise_fit(fit, k_int if params.ci == "bootstrap" else {"ols": k_int["ols"]}, params.level,
                              params.min_points, params.min_r2))
+    res["fit_censored"] = censored_fit([res], params.level)  # beside the OLS fit; it does not set beta
     res["sensitivity"] = sensitivity(curves, centres, params, dt)
     res["beta"] = suggest_beta(res["b"], res["ci"], params.beta_floor, res["verdict"])
     res["_boot_h_s"] = None if boot_h is None else boot_h * dt  # for pooling by clip; not written out

@@ -138,6 +138,17 @@ def _ci_str(ci) -> str:
     return f"[{ci[0]:.3f}, {'inf' if ci[1] is None or not math.isfinite(ci[1]) else f'{ci[1]:.3f}'}]"
 
 
+def _censored_str(fc) -> str:
+    """The censored-regression (Tobit) fit, for the summary line."""
+    if not fc:
+        return ""
+    counts = f"{fc['n_resolved']} resolved + {fc['n_too_fast']} too fast + {fc['n_too_slow']} too slow"
+    if fc["k"] is None:
+        return f"; censored fit ({counts}): none ({fc['note']})"
+    b = "no shrinking horizon" if fc["b"] is None else f"b = {fc['b']:.3f} {_ci_str(fc['b_ci'])}"
+    return f"; censored fit (Tobit, {counts}): {b}"
+
+
 def format_summary(res: dict, label: str, with_beta: bool, level: float = 0.95) -> str:
     """One line: b with its interval and verdict, the sensitivity range (and the suggested beta)."""
     status = res.get("horizon_status")
@@ -149,6 +160,7 @@ def format_summary(res: dict, label: str, with_beta: bool, level: float = 0.95) 
     else:
         line = (f"{label}: b = {res['b']:.3f} {_ci_str(res['ci'])} ({res['ci_method']}, {level:.0%}){bands}; "
                 f"verdict: {res['verdict']} ({res['reason']})")
+    line += _censored_str(res.get("fit_censored"))
     grid = res.get("sensitivity") or []
     bs = [row["b"] for row in grid if row["b"] is not None]
     if grid:

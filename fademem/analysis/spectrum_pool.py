@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from fademem.analysis.spectrum_fit import decorrelation_horizons, suggest_beta
+from fademem.analysis.spectrum_fit import censored_fit, decorrelation_horizons, suggest_beta
 from fademem.analysis.spectrum_params import SpectrumParams
 from fademem.analysis.spectrum_stats import fit_horizons, quantile_interval, summarise_fit, verdict
 
@@ -67,6 +67,7 @@ def pool_clips(results: list[dict], params: SpectrumParams) -> dict:
     out = {"n_clips": n, "pooling": "by clip (common slope, one intercept per clip)",
            "per_clip_b": [res["b"] for res in results]}
     out.update(summarise_fit(fit, k_int, params.level, params.min_points, params.min_r2))
+    out["fit_censored"] = censored_fit(results, params.level)
     rows = []
     for rule in ("slope", "drop"):
         for eps in params.eps_grid:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import click
 
@@ -103,8 +104,14 @@ def check_seconds(seconds: float, param_hint: str = "--seconds", limit: float = 
 def measured_knobs(beta_from: str | None) -> dict:
     """Knob values measured from data, for ``knob=auto`` in memory specs: ``--beta-from FILE`` (a
     ``fademem spectrum`` report) gives ``beta``. A click error naming the file and why when it gives none."""
+    return spectrum_measurement(beta_from)[0]
+
+
+def spectrum_measurement(beta_from: str | None) -> tuple[dict, str]:
+    """``measured_knobs`` and one line saying what was measured and where it came from (the file, the
+    result it read -- pooled over N clips or one clip --, b with its interval and the verdict)."""
     if beta_from is None:
-        return {}
+        return {}, ""
     import json
 
     from fademem.memory import beta_from_spectrum
@@ -116,9 +123,17 @@ def measured_knobs(beta_from: str | None) -> dict:
         raise click.BadParameter(f"cannot read {beta_from} as a spectrum report (JSON): {exc}",
                                  param_hint="--beta-from") from None
     try:
-        return {"beta": beta_from_spectrum(report)}
+        beta = beta_from_spectrum(report)
     except ValueError as exc:
         raise click.BadParameter(f"{beta_from}: {exc}", param_hint="--beta-from") from None
+    res = report.get("pooled") if ("pooled" in report or "videos" in report) else report
+    what = f"pooled over {res['n_clips']} clips" if res.get("n_clips") else (res.get("name") or "one result")
+    ci = (res.get("beta") or {}).get("beta_ci")
+    b = res.get("b")
+    fit = "" if not isinstance(b, (int, float)) else f", b = {b:.3g}"
+    note = (f"beta = {beta:.4g} measured: suggested by --beta-from {beta_from} ({what}{fit}, verdict "
+            f"{res.get('verdict')}" + (f", beta interval [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "") + ")")
+    return {"beta": beta}, note
 
 
 def resolve_auto_specs(specs: list[str], measured: dict, beta_from: str | None) -> list[str]:
@@ -130,7 +145,26 @@ def resolve_auto_specs(specs: list[str], measured: dict, beta_from: str | None) 
         out = [resolve_auto(s, measured, source=f"--beta-from {beta_from}" if beta_from else "") for s in specs]
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    if measured and out == list(specs):
+    if measured and not any(re.search(r"=\s*auto\s*(,|$)", s, re.IGNORECASE) for s in specs if isinstance(s, str)):
         raise click.UsageError("--beta-from is given but no memory spec asks for it: write beta=auto in a spec, "
                                "e.g. 'fademem:beta=auto'")
+    return out
+
+
+def resolve_memory_option(spec: str, beta_from: str | None, param_hint: str = "--memory") -> str:
+    """One ``--memory`` spec with ``knob=auto`` resolved from ``--beta-from`` (as ``fademem bench memory``
+    does for its policies), checked like any spec; prints where a measured value came from. Click errors
+    (exit 2) before any work: an unreadable report, one without a usable beta, ``auto`` without
+    ``--beta-from``, ``--beta-from`` that no ``auto`` uses, or a bad spec."""
+    from fademem.memory import build_memory
+
+    measured, note = spectrum_measurement(beta_from)
+    [out] = resolve_auto_specs([spec], measured, beta_from)
+    out = out if measured else spec  # nothing resolved: the spec as given (a resumed run compares it)
+    try:
+        build_memory(out)
+    except (ValueError, TypeError) as exc:
+        raise click.BadParameter(str(exc), param_hint=param_hint) from None
+    if note:
+        click.echo(f"{note}; memory {out}", err=True)
     return out

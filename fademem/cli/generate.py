@@ -31,7 +31,12 @@ EMBEDDED_TEMPORAL_STRIDE = 1  # the embedded codec: one video frame per latent f
               help="Memory policy spec, e.g. 'fademem:budget=12,beta=0.3', 'sink', 'full', 'omnimem'. FadeMem runs "
                    "with compact positions (0..20 for any length) when the video is longer than the model's trained "
                    "window (21 latent frames for Wan, 603 for the embedded model), unless positions= is given; the "
-                   "run prints the positions its memory keeps to and, at the end, the largest it used.")
+                   "run prints the positions its memory keeps to and, at the end, the largest it used. A knob "
+                   "written 'auto' (e.g. 'fademem:beta=auto') is measured: see --beta-from.")
+@click.option("--beta-from", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A fademem spectrum report (spectrum.json): its suggested beta replaces beta=auto in --memory "
+                   "(as in `fademem bench memory`); the run prints the beta and where it came from. A report "
+                   "without a usable beta (verdict 'none', no fit, saturated at the floor) is refused up front.")
 @click.option("--checkpoint", type=click.Path(), default=None,
               help="Causal Wan generator (Self-Forcing, CausVid, LongLive, Wan or diffusers layout); with "
                    "--wan-dir. Without both, the embedded model shipped in the package runs.")
@@ -89,7 +94,7 @@ EMBEDDED_TEMPORAL_STRIDE = 1  # the embedded codec: one video frame per latent f
                    "from the state.")
 @click.option("--stop-after-chunks", type=click.IntRange(min=1), default=None, hidden=True,
               help="Stop (and save the state) after this many chunks of this run, as Ctrl-C would (tests).")
-def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_dir, out, seed, switch_specs,
+def generate(prompt, prompts_file, seconds, memory_spec, beta_from, checkpoint, lora, wan_dir, out, seed, switch_specs,
              device, dtype, height, width, context_noise, weights, opening, crf, state_path, state_every,
              resume_path, stop_after_chunks, image, video, video_seconds):
     """Generate long videos chunk by chunk under a fixed KV-memory budget.
@@ -105,6 +110,9 @@ def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_d
     from fademem.pipeline import parse_switch
 
     if resume_path is not None:
+        if beta_from is not None:
+            raise click.UsageError("--beta-from is not used with --resume: the state holds the memory spec with "
+                                   "the beta it resolved")
         return resume(click.get_current_context(), resume_path, state_path, state_every, stop_after_chunks)
     prompts = _read_prompts(prompt, prompts_file)
     run = StateRun.fresh(state_path, state_every, stop_after_chunks, len(prompts), crf)
@@ -131,7 +139,7 @@ def generate(prompt, prompts_file, seconds, memory_spec, checkpoint, lora, wan_d
             parse_switch(s)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--switch") from None
-    _check_memory(memory_spec)
+    memory_spec = _check_memory(memory_spec, beta_from)
     if weights is not None and not os.path.isfile(weights):
         raise click.BadParameter(f"embedded-model weights file not found: {weights}", param_hint="--weights")
     given = click.get_current_context().get_parameter_source("video_seconds") == ParameterSource.COMMANDLINE
@@ -165,14 +173,12 @@ def _read_prompts(prompt, prompts_file) -> list[str]:
     return prompts
 
 
-def _check_memory(memory_spec: str) -> None:
-    """The whole spec (policy, knob names, types and values) is a usage error when wrong."""
-    from fademem.memory import build_memory
+def _check_memory(memory_spec: str, beta_from: str | None = None) -> str:
+    """The spec with ``knob=auto`` resolved from ``--beta-from`` (``common.resolve_memory_option``); the
+    whole spec (policy, knob names, types and values) is a usage error when wrong."""
+    from fademem.cli.common import resolve_memory_option
 
-    try:
-        build_memory(memory_spec)
-    except (ValueError, TypeError) as e:
-        raise click.BadParameter(str(e), param_hint="--memory") from None
+    return resolve_memory_option(memory_spec, beta_from)
 
 
 def _switches(specs, fps: float, temporal_stride: int) -> list[tuple[int, str]]:

@@ -24,7 +24,11 @@ DEFAULT_PROMPT = ("a large red circle bouncing over a striped blue background , 
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port.")
 @click.option("--prompt", default=DEFAULT_PROMPT, help="The first prompt (the page switches it live).")
 @click.option("--memory", "memory_spec", default="fademem", show_default=True,
-              help="The first memory policy spec (the page picks another, starting a new video).")
+              help="The first memory policy spec (the page picks another, starting a new video); 'beta=auto' "
+                   "takes the beta of --beta-from.")
+@click.option("--beta-from", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A fademem spectrum report (spectrum.json): its suggested beta replaces beta=auto in --memory, "
+                   "as for `fademem generate`.")
 @click.option("--seconds", type=float, default=600.0, show_default=True,
               help="Length of each video (a new policy starts a new one); at most 24 h.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -48,8 +52,8 @@ DEFAULT_PROMPT = ("a large red circle bouncing over a striped blue background , 
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="Embedded model only: weights file (default: the ones shipped in the package).")
 @click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="x264 quality of the mp4.")
-def serve(host, port, prompt, memory_spec, seconds, seed, buffer_s, out_dir, paused, checkpoint, lora, wan_dir,
-          device, dtype, height, width, context_noise, weights, crf):
+def serve(host, port, prompt, memory_spec, beta_from, seconds, seed, buffer_s, out_dir, paused, checkpoint, lora,
+          wan_dir, device, dtype, height, width, context_noise, weights, crf):
     """A live page: watch the video as it is generated, switch prompts and policies, see the memory.
 
     Frames stream to the page over a WebSocket (PNG for the embedded model's 64x64 frames, JPEG for
@@ -72,7 +76,7 @@ def serve(host, port, prompt, memory_spec, seconds, seed, buffer_s, out_dir, pau
         raise click.BadParameter(f"must be between 0 and 60 seconds, got {buffer_s}", param_hint="--buffer")
     if not prompt.strip():
         raise click.BadParameter("empty prompt", param_hint="--prompt")
-    _check_memory(memory_spec)
+    memory_spec = _check_memory(memory_spec, beta_from)
     is_embedded = checkpoint is None and wan_dir is None
     if is_embedded:
         if lora:
