@@ -15,6 +15,10 @@ DIMENSION_HELP = ("Comma-separated VBench-Long dimensions (default: all six: sub
                   "background_consistency, motion_smoothness, dynamic_degree, aesthetic_quality, imaging_quality).")
 
 
+SCENE_HELP = ("Split at scene cuts first (PySceneDetect, as VBench-Long's --use_semantic_splitting; off by "
+              "default as there), then into 2 s clips inside each scene. Needs pip install 'fademem[eval-scenes]'.")
+
+
 def _dimensions(text: str | None) -> tuple[str, ...]:
     from fademem.eval.weights import DIMENSIONS
 
@@ -39,6 +43,18 @@ def _weights(weights_dir: str, dims) -> None:
         raise click.BadParameter(str(e), param_hint="--weights-dir") from None
 
 
+def _scenedetect(scene_split: bool) -> None:
+    """--scene-split needs PySceneDetect: a usage error naming the extra, before any work."""
+    if scene_split:
+        from fademem.eval._deps import EvalDependencyError
+        from fademem.eval.scenes import require_scenedetect
+
+        try:
+            require_scenedetect()
+        except EvalDependencyError as e:
+            raise click.UsageError(str(e)) from None
+
+
 def _device(device):
     from fademem.cli.common import check_device
 
@@ -61,13 +77,15 @@ def eval_group() -> None:
 @click.option("--imaging-mode", default="longer", show_default=True,
               type=click.Choice(["longer", "shorter", "shorter_centercrop", "None"]),
               help="VBench's imaging-quality preprocessing.")
+@click.option("--scene-split", is_flag=True, help=SCENE_HELP)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="JSON with per-video, per-clip scores.")
-def score(videos, weights_dir, dimensions, device, slow_fast, imaging_mode, out):
+def score(videos, weights_dir, dimensions, device, slow_fast, imaging_mode, scene_split, out):
     """Score VIDEOS on VBench-Long's dimensions; prints the table (per video, then all videos pooled)."""
     dims = _dimensions(dimensions)
     missing = [v for v in videos if not os.path.isfile(v)]
     if missing:
         raise click.BadParameter(f"video file(s) not found: {', '.join(missing)}", param_hint="VIDEOS")
+    _scenedetect(scene_split)
     _weights(weights_dir, dims)
     dev = _device(device)
     from fademem.eval.protocol import aggregate
@@ -75,7 +93,8 @@ def score(videos, weights_dir, dimensions, device, slow_fast, imaging_mode, out)
     from fademem.eval.scorer import Scorer
 
     try:
-        scorer = Scorer(weights_dir, dims, dev, slow_fast=slow_fast, imaging_mode=imaging_mode).load()
+        scorer = Scorer(weights_dir, dims, dev, slow_fast=slow_fast, imaging_mode=imaging_mode,
+                        scene_split=scene_split).load()
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     results = []
@@ -84,7 +103,9 @@ def score(videos, weights_dir, dimensions, device, slow_fast, imaging_mode, out)
             results.append(scorer.score_file(v))
         except ValueError as e:
             raise click.ClickException(f"{v}: {e}") from None
-        click.echo(f"scored {v}: {len(results[-1].clip_ranges)} clip(s)", err=True)
+        scenes = results[-1].scenes
+        click.echo(f"scored {v}: {len(results[-1].clip_ranges)} clip(s)"
+                   + (f" in {len(scenes)} scene(s)" if scenes is not None else ""), err=True)
     total = aggregate([(r.scores, len(r.clip_ranges)) for r in results])
     cols = [d for d in dims] + (["avg"] if "avg" in total else [])
     click.echo("| Video | " + " | ".join(NAMES[c] for c in cols) + " |")
@@ -96,7 +117,7 @@ def score(videos, weights_dir, dimensions, device, slow_fast, imaging_mode, out)
     if out:
         with open(out, "w") as f:
             json.dump({"videos": [r.to_dict() for r in results], "all": total, "dimensions": list(dims),
-                       "slow_fast": slow_fast}, f, indent=1, default=float)
+                       "slow_fast": slow_fast, "scene_split": scene_split}, f, indent=1, default=float)
 
 
 @eval_group.command("run")
@@ -127,14 +148,16 @@ def score(videos, weights_dir, dimensions, device, slow_fast, imaging_mode, out)
               help="torch device (default: cuda when available; under torchrun cuda:LOCAL_RANK).")
 @click.option("--slow-fast", is_flag=True,
               help="Slow-fast fusion of clip-to-clip consistency (VBench-Long --dev_flag).")
+@click.option("--scene-split", is_flag=True, help=SCENE_HELP)
 @click.option("--no-progress", is_flag=True, help="One log line per video instead of progress bars.")
 def run(prompts, specs, seeds, seconds, store, videos_dir, weights_dir, dimensions, checkpoint, wan_dir, lora,
-        height, width, dtype, embedded_weights, critic, device, slow_fast, no_progress):
+        height, width, dtype, embedded_weights, critic, device, slow_fast, scene_split, no_progress):
     """Generate and score prompts x memory specs x seeds into a resumable store.
 
     One process, or many: `torchrun --nproc_per_node N -m fademem.cli eval run ...` gives each rank its
     share of the pending jobs (none dropped or duplicated). A rerun skips what the store holds.
     """
+    from fademem.eval._deps import EvalDependencyError
     from fademem.eval.runner import EvalRun, run_eval, validate
     from fademem.eval.weights import MissingWeights
 
@@ -150,11 +173,13 @@ def run(prompts, specs, seeds, seconds, store, videos_dir, weights_dir, dimensio
                   videos=videos_dir or f"{store}.videos", seconds=seconds, weights_dir=weights_dir, dimensions=dims,
                   checkpoint=checkpoint, wan_dir=wan_dir, lora=tuple(lora), height=height, width=width, dtype=dtype,
                   embedded_weights=embedded_weights, critic=critic, device=dev, slow_fast=slow_fast,
-                  progress=not no_progress)
+                  scene_split=scene_split, progress=not no_progress)
     try:
         validate(cfg)
     except MissingWeights as e:
         raise click.BadParameter(str(e), param_hint="--weights-dir") from None
+    except EvalDependencyError as e:
+        raise click.UsageError(str(e)) from None
     except (ValueError, FileNotFoundError) as e:
         raise click.UsageError(str(e)) from None
     try:

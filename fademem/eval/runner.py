@@ -44,13 +44,14 @@ class EvalRun:
     critic: str | None = None
     device: str = "cpu"
     slow_fast: bool = False
+    scene_split: bool = False  # VBench-Long's --use_semantic_splitting (fademem.eval.protocol 6)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
 
 def validate(run: EvalRun) -> list[str]:
     """Everything that can be checked before loading a model; returns the prompts. Raises ValueError,
-    FileNotFoundError or ``MissingWeights`` naming the problem."""
+    FileNotFoundError, ``MissingWeights`` or ``EvalDependencyError`` naming the problem."""
     from fademem.memory import build_memory
 
     prompts = read_prompts(run.prompts)
@@ -64,8 +65,14 @@ def validate(run: EvalRun) -> list[str]:
         raise ValueError(f"seconds must be positive, got {run.seconds}")
     if run.weights_dir is not None:
         find_weights(run.weights_dir, run.dimensions)
+        if run.scene_split:
+            from fademem.eval.scenes import require_scenedetect
+
+            require_scenedetect()
     elif run.critic is None:
         raise ValueError("nothing to score: give --weights-dir (VBench-Long) and/or --critic (embedded model)")
+    elif run.scene_split:
+        raise ValueError("--scene-split splits videos for VBench-Long's dimensions: give --weights-dir")
     if run.critic is not None and not os.path.isfile(run.critic):
         raise FileNotFoundError(f"critic file not found: {run.critic}")
     if run.critic is not None and run.checkpoint is not None:
@@ -177,7 +184,8 @@ def run_eval(run: EvalRun, log=print) -> dict:
     mine = shard(pending, rank, world)
     log(f"[rank {rank}/{world}] {len(jobs)} jobs, {len(jobs) - len(pending)} already stored, "
         f"{len(pending)} to run, {len(mine)} on this rank ({device})")
-    scorer = Scorer(run.weights_dir, run.dimensions, device, slow_fast=run.slow_fast).load() \
+    scorer = Scorer(run.weights_dir, run.dimensions, device, slow_fast=run.slow_fast,
+                    scene_split=run.scene_split).load() \
         if run.weights_dir is not None else None
     critic = None
     if run.critic is not None:

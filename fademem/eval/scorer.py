@@ -19,7 +19,16 @@ import torch
 from fademem.eval import dimensions as dims
 from fademem.eval import extractors as ex
 from fademem.eval.amt import load_amt
-from fademem.eval.protocol import CLIP_SECONDS, CONSISTENCY, VideoScore, finish, split_clips
+from fademem.eval.protocol import (
+    CLIP_SECONDS,
+    CONSISTENCY,
+    VideoScore,
+    clip_scene_index,
+    finish,
+    split_clips,
+    split_scene_clips,
+)
+from fademem.eval.scenes import SCENE_THRESHOLD
 from fademem.eval.weights import DIMENSIONS, find_weights
 
 __all__ = ["Scorer", "read_frames"]
@@ -54,16 +63,24 @@ class Scorer:
     ``slow_fast``: fuse clip-to-clip consistency with VBench-Long's slow-fast weights (its
     ``--dev_flag``) instead of its default in-clip-only score. ``imaging_mode``: VBench's imaging
     quality preprocessing (default 'longer'). ``batch``: frames (or frame pairs) per forward.
+    ``scene_split``: split at PySceneDetect's scene cuts first (VBench-Long's ``--use_semantic_splitting``,
+    ``fademem.eval.protocol`` 6; needs ``fademem[eval-scenes]``, checked here), ``scene_threshold`` its
+    ``ContentDetector`` threshold (VBench-Long's 35).
     """
 
     def __init__(self, weights_dir, dimensions: Sequence[str] = DIMENSIONS, device="cpu", *,
                  slow_fast: bool = False, imaging_mode: str = "longer", clip_seconds: int = CLIP_SECONDS,
-                 batch: int = 8):
+                 batch: int = 8, scene_split: bool = False, scene_threshold: float = SCENE_THRESHOLD):
+        if scene_split:
+            from fademem.eval.scenes import require_scenedetect
+
+            require_scenedetect()
         self.dimensions = tuple(dimensions)
         self.paths = find_weights(weights_dir, self.dimensions)
         self.device = torch.device(device)
         self.slow_fast, self.imaging_mode = slow_fast, imaging_mode
         self.clip_seconds, self.batch = int(clip_seconds), int(batch)
+        self.scene_split, self.scene_threshold = bool(scene_split), float(scene_threshold)
         self._models: dict[str, object] = {}
 
     def _model(self, key: str):
@@ -101,15 +118,29 @@ class Scorer:
         frames = np.asarray(frames)
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
-        ranges = split_clips(len(frames), fps, self.clip_seconds)
-        video = VideoScore(path=path, frames=len(frames), fps=float(fps), clip_ranges=ranges)
+        if self.scene_split:
+            from fademem.eval.scenes import detect_scenes
+
+            scenes = detect_scenes(frames, fps, self.scene_threshold)
+            ranges = split_scene_clips(scenes, fps, self.clip_seconds)
+        else:
+            scenes, ranges = None, split_clips(len(frames), fps, self.clip_seconds)
+        video = VideoScore(path=path, frames=len(frames), fps=float(fps), clip_ranges=ranges, scenes=scenes)
         for d in self.dimensions:
             scores = [self.clip_score(d, frames[a:b], fps) for a, b in ranges]
             c2c = None
-            if d in CONSISTENCY and len(ranges) > 1:
+            if d in CONSISTENCY and scenes is None and len(ranges) > 1:
                 c2c = self.clip_score(d, frames[[a for a, _ in ranges]], fps)
+            elif d in CONSISTENCY and scenes is not None:
+                c2c = self._scene_clip2clip(d, frames, fps, ranges, scenes)
             finish(video, d, scores, c2c, self.slow_fast)
         return video
+
+    def _scene_clip2clip(self, dimension: str, frames, fps: float, ranges, scenes) -> list[float | None]:
+        """Per scene: the consistency over the first frames of its clips; None for a scene of one clip."""
+        scene = clip_scene_index(ranges, scenes)
+        firsts = [[a for (a, _), k in zip(ranges, scene) if k == i] for i in range(len(scenes))]
+        return [self.clip_score(dimension, frames[f], fps) if len(f) > 1 else None for f in firsts]
 
     def score_file(self, path) -> VideoScore:
         frames, fps = read_frames(path)
