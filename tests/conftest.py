@@ -22,3 +22,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """An embedded-model file with a one-layer, 32-wide random DiT (seed 0): CLI runs in seconds."""
+    from fademem import embedded
+
+    torch.manual_seed(0)
+    cfg = embedded.EmbeddedConfig()
+    bundle = embedded.build(cfg, cfg.dit_config(32, 1, 2, 64))
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    embedded.save(bundle, path)
+    return str(path)

@@ -8,7 +8,6 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from fademem import embedded
 from fademem.cli import main
 from fademem.memory import build_memory, parse_spec, resolve_auto
 
@@ -30,18 +29,6 @@ def test_resolve_auto_replaces_only_auto_knobs():
         resolve_auto("fademem:beta=auto", {})
     with pytest.raises(ValueError, match="beta=auto is a value measured from data"):
         parse_spec("fademem:beta=auto")
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    import torch
-
-    torch.manual_seed(0)
-    cfg = embedded.EmbeddedConfig()
-    bundle = embedded.build(cfg, cfg.dit_config(32, 1, 2, 64))
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    embedded.save(bundle, path)
-    return str(path)
 
 
 def _bench(tiny_weights, out, *args):

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fademem import embedded
 from fademem.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,18 +21,6 @@ def _report(tmp_path, name="spectrum.json", verdict="supported", beta=0.42, satu
            "beta": {"beta": beta, "beta_ci": [0.3, 0.55] if beta else None, "saturated": saturated, "note": ""}}
     path = tmp_path / name
     path.write_text(json.dumps({"videos": [res], "pooled": {**res, "n_clips": 3}} if pooled else res))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    import torch
-
-    torch.manual_seed(0)
-    cfg = embedded.EmbeddedConfig()
-    bundle = embedded.build(cfg, cfg.dit_config(32, 1, 2, 64))
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    embedded.save(bundle, path)
     return str(path)
 
 
