@@ -178,9 +178,7 @@ def run(prompts, specs, seeds, seconds, store, videos_dir, weights_dir, dimensio
         validate(cfg)
     except MissingWeights as e:
         raise click.BadParameter(str(e), param_hint="--weights-dir") from None
-    except EvalDependencyError as e:
-        raise click.UsageError(str(e)) from None
-    except (ValueError, FileNotFoundError) as e:
+    except (EvalDependencyError, ValueError, FileNotFoundError) as e:
         raise click.UsageError(str(e)) from None
     try:
         res = run_eval(cfg, log=lambda m: click.echo(m, err=True))

@@ -105,7 +105,7 @@ def generate(prompt, prompts_file, seconds, memory_spec, beta_from, checkpoint, 
     """
     from click.core import ParameterSource
 
-    from fademem.cli.common import check_device, check_out_path, check_seconds
+    from fademem.cli.common import check_device, check_out_path, check_seconds, resolve_memory_option
     from fademem.cli.generate_state import StateRun, resume
     from fademem.pipeline import parse_switch
 
@@ -139,7 +139,7 @@ def generate(prompt, prompts_file, seconds, memory_spec, beta_from, checkpoint, 
             parse_switch(s)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--switch") from None
-    memory_spec = _check_memory(memory_spec, beta_from)
+    memory_spec = resolve_memory_option(memory_spec, beta_from)  # knob=auto resolved; a bad spec is a usage error
     if weights is not None and not os.path.isfile(weights):
         raise click.BadParameter(f"embedded-model weights file not found: {weights}", param_hint="--weights")
     given = click.get_current_context().get_parameter_source("video_seconds") == ParameterSource.COMMANDLINE
@@ -171,14 +171,6 @@ def _read_prompts(prompt, prompts_file) -> list[str]:
     if not prompts:
         raise click.BadParameter(f"no prompts in {prompts_file}", param_hint="--prompts")
     return prompts
-
-
-def _check_memory(memory_spec: str, beta_from: str | None = None) -> str:
-    """The spec with ``knob=auto`` resolved from ``--beta-from`` (``common.resolve_memory_option``); the
-    whole spec (policy, knob names, types and values) is a usage error when wrong."""
-    from fademem.cli.common import resolve_memory_option
-
-    return resolve_memory_option(memory_spec, beta_from)
 
 
 def _switches(specs, fps: float, temporal_stride: int) -> list[tuple[int, str]]:
@@ -241,7 +233,7 @@ def _start_prefix(start, run, encode, height, width, pipe, video_frames_for, num
 
 
 def _start_meta(start) -> dict:
-    return StartFrom.meta(start) if start is not None else {"image": None, "video": None}
+    return start.meta() if start is not None else {"image": None, "video": None}
 
 
 def _echo_positions(pipe, memory_spec, num_frames, run) -> None:

@@ -141,8 +141,8 @@ def resume(ctx: click.Context, resume_path, state_path, every, stop_after) -> No
     """``fademem generate --resume FILE``: rebuild the command from the state and continue."""
     from click.core import ParameterSource
 
-    from fademem.cli.common import check_device, check_seconds
-    from fademem.cli.generate import _check_memory, _generate_embedded, _generate_wan
+    from fademem.cli.common import check_device, check_seconds, resolve_memory_option
+    from fademem.cli.generate import _generate_embedded, _generate_wan
     from fademem.cli.generate_input import StartFrom
     from fademem.pipeline.state import StateError, load_state, read_header
     from fademem.pipeline.video_io import count_frames
@@ -185,7 +185,7 @@ def resume(ctx: click.Context, resume_path, state_path, every, stop_after) -> No
         if not p["prompt"].strip():
             raise click.BadParameter("empty prompt", param_hint="--prompt")
         specs = [f"{start}:{p['prompt']}"] + specs
-    _check_memory(saved["memory_spec"])
+    resolve_memory_option(saved["memory_spec"], None)
     have = count_frames(saved["out"]) if os.path.isfile(saved["out"] or "") else 0
     if have != state["video"]["frames"]:
         raise click.BadParameter(f"the state's video {saved['out']} has {have} frames, the state recorded "
@@ -198,8 +198,9 @@ def resume(ctx: click.Context, resume_path, state_path, every, stop_after) -> No
                 context_noise=saved["context_noise"], height=saved["height"], width=saved["width"], run=run)
     click.echo(f"resuming {resume_path}: {start} latent frames done, {state['video']['frames']} video frames in "
                f"{saved['out']}", err=True)
-    start = StartFrom.from_state(cli)
+    start_from = StartFrom.from_state(cli)
     if cli.get("kind") == "wan":
-        _generate_wan(checkpoint=saved["checkpoint"], lora=saved["lora"], wan_dir=saved["wan_dir"], start=start, **args)
+        _generate_wan(checkpoint=saved["checkpoint"], lora=saved["lora"], wan_dir=saved["wan_dir"], start=start_from,
+                      **args)
     else:
-        _generate_embedded(weights=saved["weights"], opening=saved["opening"], start=start, **args)
+        _generate_embedded(weights=saved["weights"], opening=saved["opening"], start=start_from, **args)

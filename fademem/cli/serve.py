@@ -59,8 +59,7 @@ def serve(host, port, prompt, memory_spec, beta_from, seconds, seed, buffer_s, o
     Frames stream to the page over a WebSocket (PNG for the embedded model's 64x64 frames, JPEG for
     larger ones) at the model's fps; a new prompt takes effect at the next chunk (KV-recache).
     """
-    from fademem.cli.common import check_device, check_seconds
-    from fademem.cli.generate import _check_memory
+    from fademem.cli.common import check_device, check_seconds, resolve_memory_option
 
     try:
         import uvicorn
@@ -76,7 +75,7 @@ def serve(host, port, prompt, memory_spec, beta_from, seconds, seed, buffer_s, o
         raise click.BadParameter(f"must be between 0 and 60 seconds, got {buffer_s}", param_hint="--buffer")
     if not prompt.strip():
         raise click.BadParameter("empty prompt", param_hint="--prompt")
-    memory_spec = _check_memory(memory_spec, beta_from)
+    memory_spec = resolve_memory_option(memory_spec, beta_from)
     is_embedded = checkpoint is None and wan_dir is None
     if is_embedded:
         if lora:

@@ -152,6 +152,10 @@ class VideoPipeline:
 
             self.graphed = GraphedDenoiser(model)
         self.memory = None  # the MemoryStack of the last generate() call
+        # set by builders that know the model (embedded_pipeline): generate()'s default latent shape, and the
+        # temporal positions 0..n-1 the model was trained on (the session's Memory.for_run); None: Wan's
+        self.latent_shape: tuple[int, int, int] | None = None
+        self.trained_frames: int | None = None
 
     @property
     def fps(self) -> float:
