@@ -45,12 +45,13 @@ def stage_options(stage: str, d: Path, limit: float, args) -> tuple[Path, dict]:
         # objects weighted up (they are a few % of the pixels), 10% without text (for guided distillation)
         o = options("dit", init=init, sample_steps=32, batch=args.batch or 96, lr=4e-4 if init is None else 3e-4,
                     checkpoint_every=120, loss="v", target_copies=4, object_weight=args.object_weight, text_dropout=0.1,
+                    revisit_p=args.revisit_p,
                     extra={"warmup": 300 if init is None else 50, "compile": args.compile}, **arch, **shared)
     else:
         # fademem.embedded.distill starts the student from the teacher (no resume of a student)
         path = d / "student.safetensors"
         o = options("distill", teacher=str(d / "teacher.safetensors"), teacher_steps=16, batch=args.batch or 32,
-                    checkpoint_every=120, guidance=args.guidance, **shared)
+                    checkpoint_every=120, guidance=args.guidance, revisit_p=args.revisit_p, **shared)
     return path, o
 
 
@@ -68,6 +69,8 @@ def main() -> None:
                     help="teacher: extra loss weight on object pixels (weighting biases the prediction towards "
                          "objects: lower it at the end of a run)")
     ap.add_argument("--guidance", type=float, default=1.0, help="distill: the teacher's classifier-free guidance")
+    ap.add_argument("--revisit-p", type=float, default=0.0,
+                    help="teacher, distill: share of revisit batches (recall of a returning view from old frames)")
     args = ap.parse_args()
     d, out = Path(args.dir), Path(args.out)
     d.mkdir(parents=True, exist_ok=True)

@@ -26,10 +26,10 @@ SHARED = ("out", "stage", "steps", "batch", "lr", "workers", "time_limit", "seed
 # the options each stage reads besides the shared ones
 STAGE_OPTIONS = {
     "dit": ("dim", "layers", "heads", "ffn", "max_history", "max_context", "codec", "sample_steps",
-            "checkpoint_every", "loss", "target_copies", "object_weight", "text_dropout"),
+            "checkpoint_every", "loss", "target_copies", "object_weight", "text_dropout", "revisit_p"),
     "autoencoder": ("eval_clips", "stats_frames"),
     "critic": ("eval_clips",),
-    "distill": ("teacher", "teacher_steps", "max_history", "max_context", "checkpoint_every", "guidance"),
+    "distill": ("teacher", "teacher_steps", "max_history", "max_context", "checkpoint_every", "guidance", "revisit_p"),
 }
 STAGE_DEFAULTS = {
     "dit": {"steps": 20000, "batch": 32, "lr": 4e-4, "workers": 4},
@@ -140,7 +140,8 @@ def run_stage(stage: str, out: str | Path, o: dict, log=click.echo) -> dict:
                           ffn=o["ffn"], max_history=o["max_history"], max_context=o["max_context"], seed=o["seed"],
                           init=o["init"], codec=o["codec"], sample_steps=o["sample_steps"],
                           checkpoint_every=o["checkpoint_every"], loss=o["loss"], target_copies=o["target_copies"],
-                          object_weight=o["object_weight"], text_dropout=o["text_dropout"], **o.get("extra", {}))
+                          object_weight=o["object_weight"], text_dropout=o["text_dropout"], revisit_p=o["revisit_p"],
+                          **o.get("extra", {}))
         return train(cfg, out, device=device, log=log)
     if stage == "distill":
         from fademem.embedded.distill import DistillConfig, distill
@@ -148,7 +149,8 @@ def run_stage(stage: str, out: str | Path, o: dict, log=click.echo) -> dict:
         cfg = DistillConfig(teacher=o["teacher"], teacher_steps=o["teacher_steps"], steps=o["steps"],
                             batch=o["batch"], lr=o["lr"], workers=o["workers"], time_limit=o["time_limit"],
                             seed=o["seed"], max_history=o["max_history"], max_context=o["max_context"],
-                            checkpoint_every=o["checkpoint_every"], guidance=o["guidance"], **o.get("extra", {}))
+                            checkpoint_every=o["checkpoint_every"], guidance=o["guidance"], revisit_p=o["revisit_p"],
+                            **o.get("extra", {}))
         return distill(cfg, out, device=device, log=log)
     common = {"device": device, "steps": o["steps"], "batch": o["batch"], "lr": o["lr"],
               "time_limit": o["time_limit"], "seed": o["seed"], "workers": o["workers"], "log": log,
@@ -227,6 +229,10 @@ _nonneg = click.IntRange(min=0)
               help="dit: extra loss weight on the latent pixels the world's objects cover.")
 @click.option("--text-dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="dit: share of examples trained without their prompt (the unconditional branch of guidance).")
+@click.option("--revisit-p", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="dit, distill: share of revisit batches (a view the camera returns to, recalled from old "
+                   "frames; the history in between sometimes another world's), which teach the model to read its "
+                   "long memory.")
 @click.option("--guidance", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="distill: classifier-free guidance of the teacher (one trained with --text-dropout).")
 @click.option("--teacher", default=None, type=click.Path(dir_okay=False),

@@ -56,6 +56,9 @@ class DistillConfig:
     context_noise: float = 0.1
     degrade_p: float = 0.5
     compact_p: float = 0.25
+    revisit_p: float = 0.0  # share of revisit batches (fademem.embedded.train_data): the teacher's recall passed on
+    revisit_swap_p: float = 0.5
+    revisit_context: int = 128
     seed: int = 0
     workers: int = 4
     pool: int = 96
@@ -67,7 +70,9 @@ class DistillConfig:
     def data_config(self) -> TrainConfig:
         return TrainConfig(batch=self.batch, seed=self.seed, workers=self.workers, pool=self.pool,
                            refresh=self.refresh, max_history=self.max_history, max_context=self.max_context,
-                           compact_p=self.compact_p, context_noise=self.context_noise, degrade_p=self.degrade_p)
+                           compact_p=self.compact_p, context_noise=self.context_noise, degrade_p=self.degrade_p,
+                           revisit_p=self.revisit_p, revisit_swap_p=self.revisit_swap_p,
+                           revisit_context=self.revisit_context)
 
 
 def teacher_sigmas(teacher: SamplingSchedule, n: int | None = None) -> list[float]:

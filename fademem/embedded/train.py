@@ -89,6 +89,9 @@ class TrainConfig:
     object_weight: float = 0.0  # extra loss weight on latent pixels the world's objects cover (small, sharp,
     #                             a few % of the pixels: unweighted, a model learns the background long before them)
     compile: bool = False  # torch.compile the DiT for training (dynamic shapes: the context length varies)
+    revisit_p: float = 0.0  # share of revisit batches (train_data's docstring): returning views, recalled from memory
+    revisit_swap_p: float = 0.5  # share of their examples whose history after the first visit is another world's
+    revisit_context: int = 128  # most context frames of a revisit example (its 'full' rule, up to this many)
     text_dropout: float = 0.0  # share of examples trained without their prompt (zero text context): the
     #                            unconditional branch classifier-free guidance needs (distillation with guidance)
 

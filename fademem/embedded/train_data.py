@@ -4,6 +4,18 @@ example a target chunk after a *memory-shaped* context (``fademem.embedded.train
 ``context_rule`` draws the memory rule and the context frames with their positions; ``WorldBatches`` is the
 endless stream of batches (uint8 video, prompt ids, positions, chunk ids, and the target frames' object
 pixels, for the object-weighted loss) that the training and distillation loops read through a DataLoader.
+
+*Revisit batches* (a share ``revisit_p`` of them) teach the model to read its long memory. On random
+worlds the recent frames almost always hold what the next chunk shows, so a model trained on true
+contexts learns to copy from them and never from old frames: with a memory full of the first visit, it
+still redraws a returning view from scratch. A revisit batch is a camera that pans away and returns
+(``revisit_scene``), its target chunk on the way back or just home, its context a rule that keeps old
+frames (all of them up to ``revisit_context`` frames, a sink, FadeMem's entries, a sparse draw; now and
+then a plain window, where nothing can be recalled). In a share ``revisit_swap_p`` of the examples every
+context frame after the first departure is rendered from another world of the same prompt (another seed:
+same camera path, other texture details and object places), as a model's own history looks when it made
+up the view it returns to: the true view is then only in the frames of the first visit, and the target
+is the true view.
 """
 
 from __future__ import annotations
@@ -66,6 +78,52 @@ def context_rule(start: int, rng: np.random.Generator, cfg: TrainConfig) -> tupl
     return str(kind), idx, [float(i) for i in idx]
 
 
+def revisit_context_rule(start: int, rng: np.random.Generator, cfg: TrainConfig, home: int
+                         ) -> tuple[str, list[int], list[float]]:
+    """The context of a revisit example: a rule that keeps the first visit (frames ``0..home-1``) in view,
+    or now and then one that does not (``window``)."""
+    frames = np.arange(start)
+    kind = str(rng.choice(["full", "sink", "fademem", "sparse", "window"], p=[0.35, 0.2, 0.2, 0.15, 0.1]))
+    if kind == "full" and start > cfg.revisit_context:
+        kind = "sparse"
+    if kind == "fademem":
+        idx, pos = _fademem_frames(start, rng, cfg.max_context)
+        return kind, idx, pos
+    if kind == "full":
+        idx = frames.tolist()
+    elif kind == "window":
+        idx = frames[-int(rng.integers(3, cfg.max_context + 1)):].tolist()
+    elif kind == "sink":  # LongLive's sink: the first frames (the home view), then the most recent ones
+        s = int(rng.integers(1, min(home, 8) + 1))
+        w = int(rng.integers(3, cfg.max_context - min(s, cfg.max_context - 3) + 1))
+        idx = sorted(set(frames[:s].tolist()) | set(frames[-w:].tolist()))
+    else:  # sparse, as context_rule's, with at least one frame of the first visit
+        d = start - frames
+        keep = rng.random(start) < np.minimum(1.0, 2.0 * d ** -0.7)
+        keep[-1] = True
+        keep[int(rng.integers(0, home))] = True
+        idx = frames[keep].tolist()
+        idx = idx[:1] + idx[1:][-(cfg.revisit_context - 1):]
+    return kind, idx, [float(i) for i in idx]
+
+
+def revisit_target(rng: np.random.Generator, fps: int, max_start: int) -> tuple[int, int, int]:
+    """(gap seconds, target start frame, first-visit frames) for a 'pans ... and returns after gap' camera:
+    the start lies in the last second of the pan back or the first second home, of the first cycle
+    whose return fits ``max_start``, or of a random earlier one."""
+    from fademem.embedded.world.scene import HOME_HOLD, RETURN_SPEED
+
+    travel = 1.0 / RETURN_SPEED
+    fits = [g for g in (2, 4, 8, 16, 32) if (g + travel + HOME_HOLD + 1) * fps <= max_start]
+    gap = int(rng.choice(fits or [2]))
+    cycle = gap + travel + HOME_HOLD
+    # which return: the first one half of the time (full contexts fit), else any that fits
+    k = 0 if rng.random() < 0.5 else int(rng.integers(0, max(1, int(max_start / fps // cycle))))
+    t = k * cycle + gap + HOME_HOLD + travel * 0.5 + rng.uniform(0, travel * 0.5 + 1.0)  # seconds
+    start = CHUNK * max(1, int(t * fps) // CHUNK)
+    return gap, start, int((HOME_HOLD + 0.5 * travel) * fps)  # the home view is whole until 1 s into the pan
+
+
 def random_world(rng: np.random.Generator, size: int, fps: int, text_len: int):
     """(World, its prompt's token ids [text_len]) for a random prompt of the grammar."""
     from fademem.embedded.world import World, sample_prompt, tokenize
@@ -100,7 +158,11 @@ class WorldBatches(IterableDataset):
         # Building a world (its texture) costs far more than rendering a frame of it: keep a pool
         # and refresh a few worlds per batch; time offsets keep the examples distinct.
         pool = [new_world() for _ in range(cfg.pool)]
+        revisit_pool: list = []
         while True:
+            if cfg.revisit_p > 0 and rng.random() < cfg.revisit_p:
+                yield self._revisit_batch(rng, revisit_pool)
+                continue
             for _ in range(cfg.refresh):
                 pool[int(rng.integers(len(pool)))] = new_world()
             start = 0 if rng.random() < 0.12 else CHUNK * int(
@@ -131,6 +193,54 @@ class WorldBatches(IterableDataset):
             yield {"video": torch.from_numpy(video), "ids": torch.from_numpy(ids), "objects": torch.from_numpy(objects),
                    "positions": torch.tensor(pos + target_pos, dtype=torch.float32),
                    "chunks": torch.tensor(chunks), "n_ctx": len(idx), "kind": kind}
+
+
+    def _revisit_world(self, rng: np.random.Generator, gap: int):
+        """(true World, a World of the same prompt from another seed, prompt ids) for a returning camera."""
+        from fademem.embedded.world import World, revisit_scene, tokenize
+
+        spec = revisit_scene(int(rng.integers(1 << 31)), gap_seconds=gap)
+        prompt = spec.to_prompt()
+        ids = np.zeros(self.text_len, np.int64)
+        tok = tokenize(prompt)
+        ids[:len(tok)] = tok
+        seeds = rng.integers(1 << 31, size=2)
+        return (World(prompt, int(seeds[0]), self.size, self.fps), World(prompt, int(seeds[1]), self.size, self.fps),
+                ids)
+
+    def _revisit_batch(self, rng: np.random.Generator, pool: list) -> dict:
+        """One revisit batch (module docstring): one gap, target start and context rule for the batch."""
+        cfg = self.cfg
+        gap, start, home = revisit_target(rng, self.fps, cfg.max_history)
+        kind, idx, pos = revisit_context_rule(start, rng, cfg, home)
+        worlds = [w for w in pool if w[3] == gap]
+        if len(worlds) < max(4, cfg.pool // 8) or rng.random() < 0.25:  # worlds per gap, a few new per batch
+            new = (*self._revisit_world(rng, gap), gap)
+            pool.append(new)
+            worlds.append(new)
+            if len(pool) > cfg.pool:
+                pool.pop(0)
+        want = np.asarray(idx + [start + i for i in range(CHUNK)])
+        # about the frames (tokens) of an ordinary batch: long contexts come in smaller batches
+        batch = max(2, min(cfg.batch, cfg.batch * (cfg.max_context + CHUNK) // len(want)))
+        video = np.empty((batch, len(want), self.size, self.size, 3), np.uint8)
+        objects = np.zeros((batch, CHUNK, self.size, self.size), np.bool_)
+        ids = np.zeros((batch, self.text_len), np.int64)
+        for b in range(batch):
+            world, alt, ids[b], _ = worlds[int(rng.integers(len(worlds)))]
+            swap = rng.random() < cfg.revisit_swap_p
+            for j, t in enumerate(want):
+                src = alt if swap and j < len(idx) and t >= home else world
+                f, obj = frame_and_objects(src, int(t))
+                if j >= len(idx):
+                    objects[b, j - len(idx)] = obj
+                f *= 255
+                f += 0.5
+                video[b, j] = f
+        chunks = [i // CHUNK for i in idx] + [start // CHUNK] * CHUNK
+        return {"video": torch.from_numpy(video), "ids": torch.from_numpy(ids), "objects": torch.from_numpy(objects),
+                "positions": torch.tensor(pos + [float(start + i) for i in range(CHUNK)], dtype=torch.float32),
+                "chunks": torch.tensor(chunks), "n_ctx": len(idx), "kind": "revisit-" + kind}
 
 
 def data_throughput(cfg: TrainConfig, seconds: float = 10.0, ecfg: EmbeddedConfig | None = None) -> dict:
