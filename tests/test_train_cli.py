@@ -134,8 +134,10 @@ def test_v2_training_script_uses_the_cli_functions():
     spec.loader.exec_module(mod)
 
     class Args:
-        device, workers, batch, compile, guidance, object_weight = "cpu", 0, 0, False, 1.0, 4.0
+        device, workers, batch, compile, guidance, object_weight, revisit_p = "cpu", 0, 0, False, 1.0, 4.0, 0.3
 
     for stage, want in (("ae", "autoencoder"), ("critic", "critic"), ("teacher", "dit"), ("distill", "distill")):
         path, o = mod.stage_options(stage, V2, 60.0, Args)
         assert o["stage"] == want and o["time_limit"] == 60.0 and path.parent == V2
+        if stage in ("teacher", "distill"):
+            assert o["revisit_p"] == 0.3
