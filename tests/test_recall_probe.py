@@ -21,16 +21,16 @@ def _probe_module():
 def test_recall_probe_scores_every_rule(tiny_weights, tmp_path, monkeypatch, capsys):
     mod = _probe_module()
     res = mod.probe(tiny_weights, sigmas=(0.9,), gaps=(2,), scenes=1, device="cpu")
-    rules = res["sigma=0.9"]
-    assert set(rules) == {"full", "window12", "sink3+9", "fademem12", "full-madeup"}
-    n = len(rules["window12"]["memory"])
-    assert n >= 1 and all(len(r["memory"]) == len(r["all"]) == n for r in rules.values())
-    assert all(np.isfinite(v) for r in rules.values() for v in r["memory"] + r["all"])
+    assert set(res) == {"panback sigma=0.9", "home sigma=0.9"}
+    for rules in res.values():
+        assert set(rules) == {r + h for r in ("full", "window12", "sink3+9", "fademem12") for h in ("", "/madeup")}
+        n = len(rules["window12"])
+        assert n >= 1 and all(len(r) == n and np.all(np.isfinite(r)) for r in rules.values())
     text = mod.report(res)
-    assert "window12" in text and "+0.00 [+0.00, +0.00]" in text or n == 1
+    assert "window12/madeup" in text and "paired difference vs window12" in text
     out = tmp_path / "probe.json"
     monkeypatch.setattr("sys.argv", ["recall_probe", "--weights", tiny_weights, "--scenes", "1", "--gaps", "2",
                                      "--sigmas", "0.6", "--device", "cpu", "--out", str(out)])
     mod.main()
-    assert json.loads(out.read_text())["results"]["sigma=0.6"]["full"]["memory"]
+    assert json.loads(out.read_text())["results"]["home sigma=0.6"]["full/madeup"]
     assert "paired difference vs window12" in capsys.readouterr().out

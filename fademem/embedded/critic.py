@@ -255,7 +255,7 @@ def score_clips(critic: WorldCritic, frames, prompts: list[str], obj: int = 0, s
             continue
         ok, prob, _ = res[k]
         if k == "direction":
-            ok = ok & (labels[k] >= 0)
+            ok = ok & (labels[k] >= 0).to(ok.device)  # labels live on the host, the critic's outputs maybe not
         obs = torch.tensor([o[k] for o in observable]) if k in observable[0] else None
         result[k] = {"prob": prob.cpu(), "correct": ok.cpu(), "observable": obs}
     return result
