@@ -95,8 +95,10 @@ def _cuda_device_zero_without_cuda():
         torch.cuda.current_device = orig
 
 
-def import_official(kind: str, ref: Path) -> types.ModuleType:
-    """Import one repository's causal model module from ``ref/<kind>``; returns the module."""
+def import_official(kind: str, ref: Path, extra: tuple[str, ...] = ()) -> types.ModuleType:
+    """Import one repository's causal model module from ``ref/<kind>``; returns the module. ``extra``:
+    more of their modules imported in the same scope (e.g. ``wan.modules.vae``), kept on the returned
+    module as ``_fademem_extra[name]``."""
     root = ref / kind
     if not (root / "wan" / "modules").is_dir():
         raise FileNotFoundError(f"{root}/wan/modules not found: build .ref first (benchmarks/RUN_GPU.md)")
@@ -112,6 +114,7 @@ def import_official(kind: str, ref: Path) -> types.ModuleType:
         _bare_package("utils", root / "utils")
         with _cuda_device_zero_without_cuda():
             mod = importlib.import_module(MODULES[kind])
+            mod._fademem_extra = {name: importlib.import_module(name) for name in extra}
         attn = sys.modules["wan.modules.attention"]
         model_mod = sys.modules["wan.modules.model"]
         mod._fademem_bench_info = {"flash_attn_2": attn.FLASH_ATTN_2_AVAILABLE,
@@ -194,8 +197,11 @@ def official_forward(model, x_bfchw, t_bf, prompt_embeds, kv, cross, start_frame
 
 
 def run_official(model, label: str, cfg, setup: sp.SpeedSetup, num_frames: int, local_attn_size: int,
-                 text_states: torch.Tensor, peak_tflops: float | None, memory_frames: int) -> dict:
-    """Their CausalInferencePipeline.inference chunk loop (no VAE), timed per chunk."""
+                 text_states: torch.Tensor, peak_tflops: float | None, memory_frames: int, decode=None,
+                 deadline: float | None = None) -> dict:
+    """Their CausalInferencePipeline.inference chunk loop, timed per chunk. ``decode(x0 [B, F, C, H, W])``
+    (end to end: their VAE's ``cached_decode``, frames to the host) runs after each chunk's cache pass;
+    latency is then the host wall time. ``deadline`` (perf_counter) stops the run early."""
     dev, dt = torch.device(setup.device), setup.torch_dtype()
     fpc, tpf = setup.frames_per_chunk, setup.tokens_per_frame(cfg)
     c, h, w = setup.latent
@@ -213,6 +219,9 @@ def run_official(model, label: str, cfg, setup: sp.SpeedSetup, num_frames: int, 
     chunks, error = [], None
     with torch.no_grad(), sp.sdpa_context(setup.sdpa):
         for index, start in enumerate(range(0, num_frames, fpc)):
+            if deadline is not None and time.perf_counter() > deadline:
+                error = f"time budget: stopped before chunk {index}"
+                break
             held = min(start, memory_frames)  # history frames visible to this chunk
             timer.start()
             try:
@@ -225,11 +234,14 @@ def run_official(model, label: str, cfg, setup: sp.SpeedSetup, num_frames: int, 
                         noisy = ((1 - s) * x0.flatten(0, 1)
                                  + s * torch.randn_like(x0.flatten(0, 1))).unflatten(0, x0.shape[:2])
                 official_forward(model, x0, torch.zeros_like(timestep), prompt_embeds, kv, cross, start, tpf)
+                if decode is not None:
+                    decode(x0)
             except Exception as exc:  # noqa: BLE001
                 error = f"{type(exc).__name__}: {exc}"[:400]
                 break
             ms, wall = timer.stop()
-            rec = {"index": index, "start": start, "latency_ms": ms, "wall_ms": wall, "memory_frames": held,
+            rec = {"index": index, "start": start, "latency_ms": wall if decode is not None else ms, "wall_ms": wall,
+                   "device_ms": ms, "memory_frames": held,
                    "flops": sp.chunk_flops(cfg, tpf, fpc, held), "kv_bytes": _cache_bytes(kv)}
             if dev.type == "cuda":
                 rec["allocated_bytes"] = torch.cuda.memory_allocated(dev)

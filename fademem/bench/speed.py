@@ -31,8 +31,17 @@ would not cover it:
 * the policy sweep (``policies`` at ``seconds``, every chunk timed unless ``timed_every_s``);
 * end to end (``bench.speed_e2e``): the same pipeline with a random-weight Wan2.1 VAE streaming
   the decode, with and without decoding on a side stream overlapped with the next chunk;
-* variants of one policy: SDPA backends, regional torch.compile, CUDA-graph replay of the
-  denoising forwards, each compared with the first variant's latents (agreement).
+* variants of one policy: SDPA backends, regional torch.compile, the FP8 mode, CUDA-graph replay of
+  the denoising forwards, DiT only or end to end, each compared with the first variant's latents
+  (agreement), with its cold-start cost and a per-forward check against eager (``speed_variants``);
+* the low-memory (24 GB) mode end to end with the real-size UMT5-XXL encoder offloaded
+  (``speed_lowmem``): peak GPU memory and fps.
+
+Compilation: ``setup.compile`` 'auto' (the CLI's default) is regional torch.compile of the DiT
+(and of the VAE decoder end to end) on CUDA, eager elsewhere; Inductor's caches are kept on disk
+(``fademem.pipeline.fast.enable_compile_cache``) so a second run starts fast. ``setup.precision``
+'fp8' converts the DiT's block linears to torchao float8 for every part (refused up front where
+it cannot run).
 
 This module is the driver (``SpeedRun``, ``run_speed``, ``parse_list``) and re-exports the names of
 the modules it is built from, which depend on each other one way only: ``speed_policy`` (the
@@ -76,13 +85,29 @@ from fademem.bench.speed_policy import (  # noqa: F401
 )
 from fademem.bench.speed_report import compare_policies, format_table, plot, write_json
 from fademem.bench.speed_stats import VIDEO_FPS, VIDEO_FRAMES_PER_LATENT, frames_for_seconds, summarise, timed_chunks
-from fademem.bench.speed_variants import COMPILE_MODES, _run_variants, _variant_setup
+from fademem.bench.speed_variants import (  # noqa: F401 (_variant_setup re-exported)
+    FORWARD_TOLERANCE,
+    _forward_inputs,
+    _one_forward,
+    _run_variants,
+    _variant_parts,
+    _variant_setup,
+)
+from fademem.pipeline.fast import (
+    COMPILE_MODES,
+    apply_fp8,
+    check_compile_mode,
+    check_fp8,
+    enable_compile_cache,
+    resolve_compile,
+)
 
 __all__ = [
     "DEFAULT_POLICIES", "VIDEO_FPS", "VIDEO_FRAMES_PER_LATENT", "SDPA_BACKENDS", "COMPILE_MODES", "UNBOUNDED_NOTE",
     "policy_note",
     "forward_flops", "text_flops", "chunk_flops", "ChunkTimer", "measure_matmul_peak", "sdpa_context",
-    "RegionalCompile", "environment", "RandomText", "SpeedSetup", "build_model", "frames_for_seconds",
+    "RegionalCompile", "FORWARD_TOLERANCE",
+    "environment", "RandomText", "SpeedSetup", "build_model", "frames_for_seconds",
     "timed_chunks", "summarise", "run_policy", "SpeedRun", "run_speed", "compare_policies", "write_json", "plot",
     "format_table", "parse_list",
 ]
@@ -109,6 +134,9 @@ class SpeedRun:
     variants: Sequence[str] = ()
     variant_policy: str = "fademem:budget=12"
     variant_seconds: float = 15.0
+    low_memory: bool = False  # the 24 GB mode end to end (speed_lowmem)
+    low_memory_policy: str | None = None  # default: variant_policy
+    low_memory_seconds: float = 6.0
     time_budget_s: float | None = None
     measure_peak: bool = True
     progress: bool = True
@@ -121,11 +149,16 @@ class SpeedRun:
                              f"{self.timed_first}")
         if self.timed_every_s is not None and not self.timed_every_s > 0:
             raise ValueError(f"timed_every_s must be positive, got {self.timed_every_s}")
-        for name in ("seconds", "long_seconds", "e2e_seconds", "variant_seconds"):
+        for name in ("seconds", "long_seconds", "e2e_seconds", "variant_seconds", "low_memory_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        check_compile_mode(self.setup.compile)
+        if self.setup.precision not in ("dtype", "fp8"):
+            raise ValueError(f"precision must be 'dtype' or 'fp8', got {self.setup.precision!r}")
         for v in self.variants:
-            _variant_setup(self.setup, v)
+            _variant_parts(self.setup, v)
+        if self.setup.precision == "fp8":
+            check_fp8(self.setup.device)  # Fp8Unavailable (a RuntimeError) naming what is missing, before any work
 
 
 def _log_result(log, res: dict) -> None:
@@ -151,12 +184,27 @@ def run_speed(run: SpeedRun, log=print) -> dict:
         raise RuntimeError("--device cuda but torch sees no GPU")
     t_start = time.perf_counter()
     budget = _Budget(t_start, run.time_budget_s)
+    setup.compile = resolve_compile(setup.compile, device)
+    compiling = setup.compile != "none" or any(_variant_parts(setup, v)[0].compile != "none" for v in run.variants)
+    cache = enable_compile_cache() if compiling else None
     cfg = setup.wan_config()
     tpf = setup.tokens_per_frame(cfg)
     peak = measure_matmul_peak(device) if run.measure_peak else None
     if peak:
         log(f"bf16 matmul peak (8192^3, median of 20): {peak:.1f} TFLOP/s")
     model = build_model(setup)
+    fp8_s = fp8_check = None
+    if setup.precision == "fp8":
+        text0 = RandomText(cfg.text_len, cfg.text_dim, setup.seed)
+        inputs = _forward_inputs(model, setup, text0)
+        before = _one_forward(model, inputs)
+        t0 = time.perf_counter()
+        log(f"fp8: {apply_fp8(model)} block linears converted to torchao float8")
+        fp8_s = time.perf_counter() - t0
+        diff = rel_l2(_one_forward(model, inputs), before)
+        fp8_check = {"rel_l2_vs_dtype": diff, "tolerance": FORWARD_TOLERANCE["fp8"],
+                     "ok": diff <= FORWARD_TOLERANCE["fp8"], "what": "one forward (t=1000, no memory), eager"}
+        log(f"fp8: one forward {diff:.2e} relative to {setup.dtype} (tolerance {FORWARD_TOLERANCE['fp8']:g})")
     text = RandomText(cfg.text_len, cfg.text_dim, setup.seed)
     fpc = setup.frames_per_chunk
     num_frames = frames_for_seconds(run.seconds, fpc)
@@ -169,6 +217,9 @@ def run_speed(run: SpeedRun, log=print) -> dict:
                   "video_frames_note": "steady-state fps uses 4 video frames per latent frame (12 per "
                                        "3-frame chunk); the first chunk decodes to 9 video frames"},
         "peak_bf16_tflops": peak,
+        "compile": {"mode": setup.compile, "cache": cache, "what": "regional torch.compile of the DiT blocks and "
+                    "head (and of the VAE decoder end to end); 'none' = eager"},
+        "precision": {"mode": setup.precision, "conversion_seconds": fp8_s, "forward_check": fp8_check},
         "flops": {"per_forward_no_memory": forward_flops(cfg, tpf * fpc, tpf * fpc, fpc),
                   "per_prompt_text_context": text_flops(cfg),
                   "per_chunk_note": "5 forwards (4 denoising + 1 cache-writing); attention grows with the "
@@ -177,6 +228,7 @@ def run_speed(run: SpeedRun, log=print) -> dict:
         "long_runs": None,
         "end_to_end": None,
         "variants": [],
+        "low_memory": None,
         "skipped": [],
     }
 
@@ -225,6 +277,13 @@ def run_speed(run: SpeedRun, log=print) -> dict:
 
     if run.variants:
         report["variants"] = _run_variants(model, run, text, peak, budget, skip, log)
+
+    if run.low_memory:
+        from fademem.bench.speed_lowmem import run_low_memory
+
+        report["low_memory"] = run_low_memory(model, run, budget, log)
+        if report["low_memory"].get("skipped"):
+            skip("part", "low memory", report["low_memory"]["skipped"])
 
     report["comparisons"] = compare_policies(report["policies"] + (report["long_runs"] or {}).get("policies", []))
     report["elapsed_s"] = time.perf_counter() - t_start

@@ -1,5 +1,5 @@
 """Device helpers of ``fademem bench speed``: timing, the measured matmul peak, SDPA backend
-selection, regional torch.compile, the CUDA sync audit and the environment record."""
+selection, regional torch.compile (``fademem.pipeline.fast``), the CUDA sync audit and the environment record."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import statistics
 import time
 
 import torch
+
+from fademem.pipeline.fast import RegionalCompile  # noqa: F401 (re-exported; it lives with the pipeline)
 
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
 
@@ -76,39 +78,6 @@ def sdpa_context(backend: str):
     if backend not in table:
         raise ValueError(f"unknown SDPA backend {backend!r}; choose from {', '.join(SDPA_BACKENDS)}")
     return sdpa_kernel([table[backend]])
-
-
-class RegionalCompile:
-    """torch.compile every transformer block and the head, leaving the model's code untouched.
-
-    A block's dense parts (modulation, norms, q/k/v projections, output projection, gated
-    residuals, cross-attention, FFN) take tensors only; the memory attention (RoPE table, the
-    policy's view, SDPA, memory writes) is a ``torch.compiler.disable``-d call inside the block,
-    so each block compiles into two graphs (before and after attention) that are shared by all 30
-    blocks and every forward: the shapes of the dense parts do not depend on the memory size,
-    and nothing per forward is guarded on.
-    """
-
-    def __init__(self, model, mode: str = "default"):
-        self.model, self.mode = model, mode
-        self.modules: list[torch.nn.Module] = []
-
-    def __enter__(self):
-        if self.mode == "none":
-            return self
-        kw = {} if self.mode == "default" else {"mode": self.mode}
-        for sub in (*self.model.blocks, self.model.head):
-            sub.compile(dynamic=False, **kw)
-            self.modules.append(sub)
-        return self
-
-    def __exit__(self, *exc):
-        for sub in self.modules:
-            sub._compiled_call_impl = None  # undo nn.Module.compile()
-        self.modules.clear()
-        if self.mode != "none":
-            torch._dynamo.reset()
-        return False
 
 
 def _count_syncs(fn):

@@ -67,7 +67,8 @@ class SpeedSetup:
     seed: int = 0
     warmup: int = 3
     sdpa: str = "auto"
-    compile: str = "none"
+    compile: str = "none"  # regional torch.compile ("auto": "default" on CUDA, "none" elsewhere)
+    precision: str = "dtype"  # "fp8": torchao float8 block linears (fademem.pipeline.fast)
     cuda_graph: bool = False  # replay the denoising forwards from a CUDA graph (fademem.pipeline.cuda_graph)
 
     def wan_config(self):

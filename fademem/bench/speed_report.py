@@ -114,6 +114,12 @@ def format_table(report: dict) -> str:
         agree = res.get("agreement_vs_first_variant")
         if agree:
             row += "  rel.diff " + ", ".join(f"{v:.1e}" for v in agree.values())
+        cold, fwd = res.get("cold_start") or {}, res.get("forward_check")
+        if cold.get("first_chunk_s") is not None:
+            row += f"  first chunk {cold['first_chunk_s']:.1f} s"
+            row += f" ({cold['caches']})" if cold.get("caches") else ""
+        if fwd:
+            row += f"  fwd diff {fwd['rel_l2_vs_eager']:.1e} {'ok' if fwd['ok'] else 'OVER'} (tol {fwd['tolerance']:g})"
         graph = res.get("cuda_graph")
         if graph:
             row += (f"  graph: {graph['replayed']} replays, eager diff {graph['max_rel_diff_vs_eager']:.1e}"
@@ -165,6 +171,15 @@ def format_table(report: dict) -> str:
                 a = e2e["overlap_agreement"]
                 rows.append(f"overlap vs sequential decode: frames max |diff| {a.get('frames_max_abs_diff')}, "
                             f"latents equal {a.get('latents_equal')}")
+    low = report.get("low_memory")
+    if low and not low.get("skipped"):
+        gib = lambda b: f"{b / GiB:.2f}" if b is not None else "-"  # noqa: E731
+        fps = low.get("e2e_fps")
+        rows += ["", f"low memory (24 GB mode): {low['policy']} end to end, {low['text_encoder']['which']} encoder "
+                     f"on the host ({low['text_encoder']['encode_seconds_including_moves']:.1f} s to encode, moves "
+                     f"included): {fps if fps is not None else float('nan'):.2f} video fps, peak GPU "
+                     f"{gib(low.get('peak_including_encode_bytes'))} GiB with the encode, "
+                     f"{gib(low.get('peak_allocated_bytes'))} GiB generating (target <= {low['target_gib']:g} GiB)"]
     if report.get("skipped"):
         rows.append("skipped: " + "; ".join(f"{next(iter(s.values()))} ({s['reason']})" for s in report["skipped"]))
     return "\n".join(rows)

@@ -44,14 +44,30 @@ def bench() -> None:
 @click.option("--sdpa", default="auto", show_default=True,
               type=click.Choice(["auto", "cudnn", "flash", "efficient", "math"]),
               help="SDPA backend for the policy sweep.")
-@click.option("--compile", "compile_mode", default="none", show_default=True,
-              type=click.Choice(["none", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"]),
-              help="Regional torch.compile of the memory-free block parts for the policy sweep.")
-@click.option("--variants", default="", help="Extra runs of --variant-policy, e.g. 'eager,graph,sdpa=cudnn,"
-                                             "compile=default' ('graph': CUDA-graph replay of the denoising "
-                                             "forwards; parts join with '+'); the first is the baseline.")
+@click.option("--compile", "compile_mode", default="auto", show_default=True,
+              help="Regional torch.compile of the DiT's memory-free block parts (and of the VAE decoder end to end): "
+                   "auto (default on CUDA, none elsewhere), none (eager), default, max-autotune-no-cudagraphs. "
+                   "Compiled kernels are cached under ~/.cache/fademem (or $TORCHINDUCTOR_CACHE_DIR). "
+                   "'reduce-overhead' / 'max-autotune' are refused: their CUDA-graph trees overwrite a previous "
+                   "block's output (use the 'graph' variant for CUDA-graph replay).")
+@click.option("--precision", default="dtype", show_default=True, type=click.Choice(["dtype", "fp8"]),
+              help="dtype: every layer in --dtype; fp8: the DiT's block linears in torchao float8 (dynamic per-row "
+                   "scales; a CUDA GPU of compute capability >= 8.9 and torchao, refused up front otherwise).")
+@click.option("--variants", default="", help="Extra runs of --variant-policy, e.g. 'eager+e2e,compile+e2e,"
+                                             "fp8+compile,graph,sdpa=cudnn' (parts join with '+': eager, "
+                                             "compile[=<mode>], fp8, graph = CUDA-graph replay of the denoising "
+                                             "forwards, sdpa=<backend>, "
+                                             "e2e = with streaming VAE decode); each reports its cold start and a "
+                                             "per-forward check against eager; the first is the baseline.")
 @click.option("--variant-policy", default="fademem:budget=12", show_default=True)
 @click.option("--variant-seconds", default=15.0, show_default=True, type=float)
+@click.option("--low-memory", is_flag=True,
+              help="Also run the 24 GB mode end to end: a random-weight UMT5-XXL text encoder at its real size kept "
+                   "on the host and moved to the GPU only to encode (as `fademem generate --low-memory`), the DiT, "
+                   "the VAE; reports peak GPU memory and fps.")
+@click.option("--low-memory-policy", default=None,
+              help="Memory spec of the low-memory run [default: --variant-policy].")
+@click.option("--low-memory-seconds", default=6.0, show_default=True, type=float)
 @click.option("--time-budget", default=None, type=float,
               help="Seconds: a part that would not fit (forecast from the chunk costs measured so far) is skipped "
                    "and listed; a run still going at the limit stops early.")
@@ -63,14 +79,18 @@ def bench() -> None:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def bench_speed(policies, seconds, full_max_frames, long_policies, long_seconds, timed_every, timed_chunks, timed_first,
                 e2e_policies, e2e_seconds, overlap, vae_kind, config_name, latent, device, dtype, warmup, sdpa,
-                compile_mode, variants, variant_policy, variant_seconds, time_budget, no_peak, seed, out, plot,
-                progress):
+                compile_mode, precision, variants, variant_policy, variant_seconds, low_memory, low_memory_policy,
+                low_memory_seconds, time_budget, no_peak, seed, out, plot, progress):
     """DiT speed per memory policy at equal visible context: latency, fps, memory, TFLOP/s vs video length;
     10-minute runs in the timed mode, end to end with VAE decode, speed-option variants."""
     import os
 
     from fademem.bench import speed as sp
 
+    try:
+        sp.check_compile_mode(compile_mode)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--compile") from None
     try:
         lat = tuple(int(v) for v in latent.lower().split("x"))
         if len(lat) != 3 or min(lat) <= 0:
@@ -79,14 +99,15 @@ def bench_speed(policies, seconds, full_max_frames, long_policies, long_seconds,
         raise click.BadParameter(f"expected CxHxW, got {latent!r}", param_hint="--latent") from None
     try:
         setup = sp.SpeedSetup(config=config_name, latent=lat, device=device, dtype=dtype, seed=seed, warmup=warmup,
-                              sdpa=sdpa, compile=compile_mode)
+                              sdpa=sdpa, compile=compile_mode, precision=precision)
         run = sp.SpeedRun(setup=setup, policies=sp.parse_list(policies), seconds=seconds,
                           full_max_frames=full_max_frames or None, timed_every_s=timed_every,
                           timed_window=timed_chunks, timed_first=timed_first,
                           long_policies=sp.parse_list(long_policies), long_seconds=long_seconds,
                           e2e_policies=sp.parse_list(e2e_policies), e2e_seconds=e2e_seconds, overlap=overlap,
                           vae=vae_kind, variants=sp.parse_list(variants), variant_policy=variant_policy,
-                          variant_seconds=variant_seconds, time_budget_s=time_budget, measure_peak=not no_peak,
+                          variant_seconds=variant_seconds, low_memory=low_memory, low_memory_policy=low_memory_policy,
+                          low_memory_seconds=low_memory_seconds, time_budget_s=time_budget, measure_peak=not no_peak,
                           progress=progress)
         report = sp.run_speed(run, log=click.echo)
     except (ValueError, RuntimeError) as exc:

@@ -92,11 +92,23 @@ EMBEDDED_TEMPORAL_STRIDE = 1  # the embedded codec: one video frame per latent f
                    "to its video. Optional: --seconds (the new total length), --prompt (a new prompt from the "
                    "resume point on), --switch (replaces the saved switches after it). Other options come "
                    "from the state.")
+@click.option("--compile", "compile_mode", default="auto", show_default=True,
+              help="Wan only: regional torch.compile of the DiT blocks and the VAE decoder: auto (default on CUDA, "
+                   "none elsewhere), none (eager), default, max-autotune-no-cudagraphs. The first chunk compiles "
+                   "(about a minute); the kernels are cached under ~/.cache/fademem (or $TORCHINDUCTOR_CACHE_DIR) so "
+                   "the next run starts fast.")
+@click.option("--precision", default="dtype", show_default=True, type=click.Choice(["dtype", "fp8"]),
+              help="Wan only: fp8 runs the DiT's block linears in torchao float8 (dynamic per-row scales); needs a "
+                   "CUDA GPU of compute capability >= 8.9 and torchao (refused up front otherwise).")
+@click.option("--low-memory", is_flag=True,
+              help="Wan only, for 24 GB cards: the UMT5-XXL text encoder (11 GB in bf16) stays in host memory and "
+                   "visits the GPU only to encode the prompts at the start.")
 @click.option("--stop-after-chunks", type=click.IntRange(min=1), default=None, hidden=True,
               help="Stop (and save the state) after this many chunks of this run, as Ctrl-C would (tests).")
 def generate(prompt, prompts_file, seconds, memory_spec, beta_from, checkpoint, lora, wan_dir, out, seed, switch_specs,
              device, dtype, height, width, context_noise, weights, opening, crf, state_path, state_every,
-             resume_path, stop_after_chunks, image, video, video_seconds):
+             resume_path, stop_after_chunks, image, video, video_seconds, compile_mode="auto", precision="dtype",
+             low_memory=False):
     """Generate long videos chunk by chunk under a fixed KV-memory budget.
 
     Two generators: without --checkpoint/--wan-dir, the small embedded model shipped in the package
@@ -145,6 +157,10 @@ def generate(prompt, prompts_file, seconds, memory_spec, beta_from, checkpoint, 
     given = click.get_current_context().get_parameter_source("video_seconds") == ParameterSource.COMMANDLINE
     start = StartFrom.from_options(image, video, video_seconds, seconds, opening, given)
     dev = check_device(device)
+    fast = _fast_options(compile_mode, precision, low_memory, dev, is_embedded)
+    if fast["fp8"] and state_path is not None:
+        raise click.UsageError("--state is not available with --precision fp8: a resumed run loads the generator "
+                               "in its dtype, so the saved state would not continue the same model")
     dtype = dtype or ("float32" if dev.type == "cpu" else "bfloat16")
     paths = _out_paths(out, len(prompts))
     for p in paths:
@@ -154,7 +170,35 @@ def generate(prompt, prompts_file, seconds, memory_spec, beta_from, checkpoint, 
                            weights, opening, height, width, run, start=start)
     else:
         _generate_wan(prompts, seconds, memory_spec, checkpoint, lora, wan_dir, paths, seed, switch_specs, dev,
-                      dtype, height, width, context_noise, run, start=start)
+                      dtype, height, width, context_noise, run, start=start, fast=fast)
+
+
+def _fast_options(compile_mode, precision, low_memory, device, is_embedded) -> dict:
+    """--compile / --precision / --low-memory checked before any work: {'compile', 'fp8', 'low_memory'}."""
+    from click.core import ParameterSource
+
+    from fademem.pipeline.fast import Fp8Unavailable, check_fp8, resolve_compile
+
+    ctx = click.get_current_context(silent=True)
+    given = ctx is not None and ctx.get_parameter_source("compile_mode") == ParameterSource.COMMANDLINE
+    try:
+        mode = resolve_compile(compile_mode, device)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--compile") from None
+    if is_embedded:
+        for flag, on in (("--compile", given and mode != "none"), ("--precision fp8", precision == "fp8"),
+                         ("--low-memory", low_memory)):
+            if on:
+                raise click.UsageError(f"{flag} is for a real generator (--checkpoint / --wan-dir); the embedded "
+                                       "model runs eager in its dtype")
+        return {"compile": "none", "fp8": False, "low_memory": False}
+    if precision == "fp8":
+        try:
+            check_fp8(device)
+        except Fp8Unavailable as exc:
+            raise click.BadParameter(str(exc), param_hint="--precision") from None
+    # compiling by default (not asked for): a region that fails to compile runs eagerly instead of failing the run
+    return {"compile": mode, "fp8": precision == "fp8", "low_memory": bool(low_memory), "fallback": not given}
 
 
 def _read_prompts(prompt, prompts_file) -> list[str]:
@@ -185,10 +229,13 @@ def _out_paths(out: str, n: int) -> list[str]:
 
 
 def _generate_wan(prompts, seconds, memory_spec, checkpoint, lora, wan_dir, paths, seed, switch_specs, device,
-                  dtype, height, width, context_noise, run, start=None):
+                  dtype, height, width, context_noise, run, start=None, fast=None):
     import torch
 
-    from fademem.pipeline import latent_frames_for_seconds, load_wan_pipeline
+    from fademem.pipeline import load_wan_pipeline
+    from fademem.pipeline.fast import RegionalCompile, apply_fp8, enable_compile_cache
+
+    fast = fast or {"compile": "none", "fp8": False, "low_memory": False}
 
     height, width = height or 480, width or 832
     if height <= 0 or width <= 0 or height % 16 or width % 16:
@@ -196,9 +243,26 @@ def _generate_wan(prompts, seconds, memory_spec, checkpoint, lora, wan_dir, path
                                  param_hint="--height/--width")
     try:
         pipe = load_wan_pipeline(checkpoint, wan_dir, lora=list(lora), device=device, dtype=getattr(torch, dtype),
-                                 context_noise=context_noise)
+                                 context_noise=context_noise, offload_text=fast["low_memory"])
     except (FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
+    if fast["low_memory"]:
+        click.echo("low memory: the text encoder stays in host memory and visits the GPU only to encode", err=True)
+    if fast["fp8"]:
+        click.echo(f"fp8: {apply_fp8(pipe.model)} block linears in torchao float8", err=True)
+    if fast["compile"] != "none":
+        cache = enable_compile_cache()
+        click.echo(f"compile {fast['compile']}: the DiT blocks and the VAE decoder compile on the first chunk "
+                   f"(kernels cached in {cache['dir']}); --compile none runs eager", err=True)
+    with RegionalCompile(pipe.model, fast["compile"], decoder=pipe.decoder, fallback=fast.get("fallback", False)):
+        _run_wan(pipe, prompts, seconds, memory_spec, checkpoint, lora, wan_dir, paths, seed, switch_specs, device,
+                 dtype, height, width, run, start)
+
+
+def _run_wan(pipe, prompts, seconds, memory_spec, checkpoint, lora, wan_dir, paths, seed, switch_specs, device,
+             dtype, height, width, run, start):
+    from fademem.pipeline import latent_frames_for_seconds
+
     num_frames = latent_frames_for_seconds(seconds, fps=pipe.fps, temporal_stride=WAN_TEMPORAL_STRIDE)
     switches = _switches(switch_specs, pipe.fps, WAN_TEMPORAL_STRIDE)
     latent_shape = (pipe.decoder.z_dim, height // 8, width // 8)

@@ -11,10 +11,14 @@ from fademem.pipeline.sampler import VideoPipeline
 
 
 def load_wan_pipeline(checkpoint, wan_dir, *, lora=(), config=None, device: str | torch.device = "cpu",
-                      dtype: torch.dtype = torch.float32, **pipeline_kw) -> VideoPipeline:
+                      dtype: torch.dtype = torch.float32, offload_text: bool = False,
+                      **pipeline_kw) -> VideoPipeline:
     """A pipeline over a causal Wan checkpoint (any layout ``fademem.wan.checkpoints`` reads, plus
     LoRA files merged in order), the UMT5 text encoder and the Wan VAE of a Wan2.1 Diffusers
     directory (``<wan_dir>/text_encoder``, ``<wan_dir>/tokenizer``, ``<wan_dir>/vae``).
+
+    ``offload_text`` (the low-memory mode): the text encoder is loaded into host memory and moves to
+    ``device`` only while encoding (``fademem.pipeline.offload.OffloadedTextEncoder``).
 
     Raises FileNotFoundError for missing files and ValueError (``CheckpointError`` included) for
     parts that do not fit together.
@@ -43,7 +47,12 @@ def load_wan_pipeline(checkpoint, wan_dir, *, lora=(), config=None, device: str 
     model = load_generator(ckpt, lora=loras or None, config=config, device=device, dtype=dtype)
     cfg = getattr(model, "config", None)
     text_len = int(getattr(cfg, "text_len", 512))
-    text = UMT5TextEncoder.from_pretrained(wan, device=device, dtype=dtype, max_length=text_len)
+    text = UMT5TextEncoder.from_pretrained(wan, device="cpu" if offload_text else device, dtype=dtype,
+                                           max_length=text_len)
+    if offload_text:
+        from fademem.pipeline.offload import OffloadedTextEncoder
+
+        text = OffloadedTextEncoder(text, device)
     if cfg is not None and text.text_dim != cfg.text_dim:
         raise ValueError(f"incompatible parts: the checkpoint expects text states of width {cfg.text_dim}, "
                          f"the text encoder in {wan} gives {text.text_dim}")

@@ -130,3 +130,59 @@ class UMT5TextEncoder:
         ids, mask = ids.to(self.device), mask.to(self.device)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return hidden * mask.unsqueeze(-1).to(hidden.dtype)
+
+
+# -- random weights at the real size (benchmarks) ----------------------------------------------------------
+# google/umt5-xxl as Wan2.1 uses it (encoder only): 5.68 B parameters, 11.4 GB in bf16.
+UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, tie_word_embeddings=False)
+UMT5_TINY = dict(vocab_size=300, d_kv=4, d_ff=32, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                 relative_attention_max_distance=16, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
+                 tie_word_embeddings=False)
+
+
+class ByteTokenizer:
+    """A stand-in tokenizer with the call signature ``UMT5TextEncoder.tokenize`` uses: UTF-8 bytes
+    (shifted past pad 0, eos 1, unk 2) then eos, padded to ``max_length``. For random-weight encoders
+    only, where the tokens' meaning does not matter but their count and the padding mask do."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def __call__(self, prompts, padding="max_length", max_length=MAX_LENGTH, truncation=True,
+                 add_special_tokens=True, return_attention_mask=True, return_tensors="pt"):
+        ids = torch.zeros(len(prompts), max_length, dtype=torch.long)
+        mask = torch.zeros(len(prompts), max_length, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            toks = [min(b + 3, self.vocab_size - 1) for b in p.encode("utf-8")][:max_length - 1] + [1]
+            ids[i, :len(toks)] = torch.tensor(toks)
+            mask[i, :len(toks)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+def random_umt5(size: str = "xxl", text_dim: int | None = None, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.bfloat16, seed: int = 0, max_length: int = MAX_LENGTH) -> UMT5TextEncoder:
+    """A ``UMT5TextEncoder`` with random weights: ``size`` 'xxl' (Wan2.1's UMT5-XXL encoder at its real
+    size, built directly on ``device`` in ``dtype``) or 'tiny' (width ``text_dim``, tests), with the
+    ``ByteTokenizer``. The compute and memory are the real encoder's; the states mean nothing."""
+    from fademem._compat import hf_ready
+
+    hf_ready()  # torchvision's CPU/CUDA wheel clash (see fademem._compat)
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    if size not in ("xxl", "tiny"):
+        raise ValueError(f"unknown UMT5 size {size!r}: 'xxl' or 'tiny'")
+    kw = dict(UMT5_XXL) if size == "xxl" else {**UMT5_TINY, "d_model": text_dim or 16}
+    if size == "xxl" and text_dim not in (None, kw["d_model"]):
+        raise ValueError(f"UMT5-XXL gives {kw['d_model']}-wide states, the DiT expects {text_dim}")
+    cfg = UMT5Config(**kw)
+    torch.manual_seed(seed)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in the target dtype: no float32 copy of 5.7 B parameters
+    try:
+        with torch.device(device):
+            model = UMT5EncoderModel(cfg)
+    finally:
+        torch.set_default_dtype(prev)
+    return UMT5TextEncoder(model.to(device=device, dtype=dtype), ByteTokenizer(cfg.vocab_size), max_length=max_length)
