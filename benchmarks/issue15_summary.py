@@ -19,6 +19,11 @@ def _gib(b) -> str:
     return f"{b / 2**30:.2f} GiB" if b is not None else "-"
 
 
+def _rate(s: dict, width: int) -> str:
+    """'<median ms> ms/chunk <fps> fps' of a run's summary."""
+    return f"{s['latency_ms_median']:{width}.1f} ms/chunk {s['video_fps']:6.2f} fps"
+
+
 def summary(out: str) -> list[str]:
     rows = []
     sp = _load(out, "speed.json")
@@ -61,8 +66,7 @@ def summary(out: str) -> list[str]:
     else:
         for r in off.get("runs", []):
             s = r.get("summary") or {}
-            rows.append(f"{r['label'][:60]:60s} " + (f"{s['latency_ms_median']:7.1f} ms/chunk {s['video_fps']:6.2f} fps"
-                                                      if s else f"failed: {r.get('error')}")
+            rows.append(f"{r['label'][:60]:60s} " + (_rate(s, 7) if s else f"failed: {r.get('error')}")
                         + (f", first chunk {r['first_chunk_s']:.1f} s" if r.get("first_chunk_s") is not None else ""))
         for k, v in off.get("ratios", {}).items():
             rows.append(f"  {k}: {v:.3f}")
@@ -73,10 +77,9 @@ def summary(out: str) -> list[str]:
     else:
         for r in big.get("policies", []):
             s = r.get("summary") or {}
-            rows.append(f"14B {r['spec']:30s} " + (f"{s['latency_ms_median']:8.1f} ms/chunk {s['video_fps']:6.2f} fps, "
-                                                    f"peak {_gib(r.get('peak_allocated_bytes'))}, visible "
-                                                    f"{r.get('visible_frames_steady')}" if s else
-                                                    f"failed: {r.get('error') or r.get('stopped')}"))
+            got = (f"{_rate(s, 8)}, peak {_gib(r.get('peak_allocated_bytes'))}, visible "
+                   f"{r.get('visible_frames_steady')}") if s else f"failed: {r.get('error') or r.get('stopped')}"
+            rows.append(f"14B {r['spec']:30s} {got}")
     return rows
 
 

@@ -63,12 +63,7 @@ def their_decoder(vae, mean: torch.Tensor, std: torch.Tensor, device, dtype):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ref", default=str(ROOT / ".ref"))
-    ap.add_argument("--config", default="1.3b", choices=["1.3b", "14b", "tiny"])
-    ap.add_argument("--latent", default="16x60x104")
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--dtype", default="bfloat16")
+    ap = H.model_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     ap.add_argument("--vae", default="wan2.1", choices=["wan2.1", "tiny"], help="ours (tiny: tests)")
     ap.add_argument("--chunks", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=4)

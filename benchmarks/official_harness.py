@@ -304,13 +304,19 @@ PAIRS = [
 EXTRA_OURS = ["fademem:budget=12"]
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def model_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options every official side-by-side script shares: where the official code is, the config, the
+    latent shape, device and dtype."""
     ap.add_argument("--ref", default=str(ROOT / ".ref"))
     ap.add_argument("--config", default="1.3b", choices=["1.3b", "14b", "tiny"])
     ap.add_argument("--latent", default="16x60x104")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bfloat16")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = model_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     ap.add_argument("--chunks", type=int, default=24, help="chunks per run (3 latent frames each)")
     ap.add_argument("--warmup", type=int, default=6, help="chunks left out of the statistics")
     ap.add_argument("--sdpa", default="auto", choices=list(sp.SDPA_BACKENDS))

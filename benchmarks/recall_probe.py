@@ -31,7 +31,7 @@ import torch
 @torch.no_grad()
 def probe(weights: str | None, sigmas=(0.9, 0.6), gaps=(8, 16), scenes: int = 8, device: str = "cpu") -> dict:
     from fademem.embedded import load
-    from fademem.embedded.train import encode_frames, token_mask
+    from fademem.embedded.train import encode_frames
     from fademem.embedded.world import World, last_seen, revisit_scene
     from fademem.memory.fademem import simulate
 
@@ -65,7 +65,7 @@ def probe(weights: str | None, sigmas=(0.9, 0.6), gaps=(8, 16), scenes: int = 8,
                         for name, (idx, pos) in _rules(start, simulate).items():
                             for hist, src in (("", frames), ("/madeup", madeup)):
                                 pred = _predict(model, codec, ctx, src, idx, pos, xt, sigma, start, device,
-                                                (b.cfg.latent_hw // 2) ** 2, encode_frames, token_mask)
+                                                (b.cfg.latent_hw // 2) ** 2)
                                 err = (pred - frames[start:start + 3]) ** 2
                                 key = f"{phase} sigma={sigma:g}"
                                 out.setdefault(key, {}).setdefault(name + hist, []).append(
@@ -81,17 +81,20 @@ def _rules(start: int, simulate) -> dict:
             "fademem12": ([min(start - 1, max(0, round(e["mu"]))) for e in ent], [float(e["mu"]) for e in ent])}
 
 
-def _predict(model, codec, ctx, src, idx, pos, xt, sigma, start, device, tokens, encode_frames, token_mask):
-    """Decoded x0 prediction [3, H, W, 3] of the target at ``sigma`` after frames ``src[idx]`` at ``pos``."""
+def _predict(model, codec, ctx, src, idx, pos, xt, sigma, start, device, tokens):
+    """Decoded x0 prediction [3, H, W, 3] of the target at ``sigma`` after frames ``src[idx]`` at ``pos``: one
+    Euler step of the flow from ``sigma`` to 0 (``teacher_ode`` with the path [sigma, 0]), in float32."""
+    from fademem.embedded.distill import teacher_ode
+    from fademem.embedded.train import encode_frames, token_mask
+
     pos = pos or [float(i) for i in idx]
     z = encode_frames(codec, torch.from_numpy(src[idx])[None].to(device))
     n = len(idx)
-    sig = torch.zeros(1, n + 3, device=device)
-    sig[:, n:] = sigma
     mask = token_mask({"chunks": torch.tensor([i // 3 for i in idx] + [start // 3] * 3)}, n, tokens, device)
     positions = torch.tensor(pos + [float(start + i) for i in range(3)], device=device)
-    v = model(torch.cat([z, xt], 2), sig * 1000, ctx, positions=positions, attn_mask=mask)
-    return codec.to_frames(xt - sigma * v[:, :, n:].float()).float().clamp(0, 1)[0].cpu().numpy()
+    x0 = teacher_ode(model, torch.cat([z, xt], 2), n, torch.zeros(1, 1, device=device), [sigma, 0.0], ctx,
+                     positions, mask, torch.autocast(torch.device(device).type, enabled=False))
+    return codec.to_frames(x0).float().clamp(0, 1)[0].cpu().numpy()
 
 
 def report(res: dict) -> str:

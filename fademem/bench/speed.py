@@ -95,6 +95,7 @@ from fademem.bench.speed_variants import (  # noqa: F401 (_variant_setup re-expo
 )
 from fademem.pipeline.fast import (
     COMPILE_MODES,
+    PRECISIONS,
     apply_fp8,
     check_compile_mode,
     check_fp8,
@@ -153,7 +154,7 @@ class SpeedRun:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         check_compile_mode(self.setup.compile)
-        if self.setup.precision not in ("dtype", "fp8"):
+        if self.setup.precision not in PRECISIONS:
             raise ValueError(f"precision must be 'dtype' or 'fp8', got {self.setup.precision!r}")
         for v in self.variants:
             _variant_parts(self.setup, v)

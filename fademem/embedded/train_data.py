@@ -174,25 +174,13 @@ class WorldBatches(IterableDataset):
             else:
                 target_pos = [float(start + i) for i in range(CHUNK)]
             want = np.asarray(idx + [start + i for i in range(CHUNK)])
-            # uint8: a quarter of the bytes through worker IPC; each frame is quantised as it is written
-            # (the same values as quantising the whole float batch, without the float batch)
-            video = np.empty((cfg.batch, len(want), self.size, self.size, 3), np.uint8)
-            objects = np.zeros((cfg.batch, CHUNK, self.size, self.size), np.bool_)  # the targets' object pixels
-            ids = np.zeros((cfg.batch, self.text_len), np.int64)
-            for b in range(cfg.batch):
-                world, ids[b] = pool[int(rng.integers(len(pool)))]
+            examples, ids = [], []
+            for _ in range(cfg.batch):
+                world, tok = pool[int(rng.integers(len(pool)))]
                 offset = int(rng.integers(0, 4 * cfg.max_history))  # any stretch of the (endless) video
-                for j, t in enumerate(want + offset):
-                    f, obj = frame_and_objects(world, int(t))
-                    if j >= len(idx):
-                        objects[b, j - len(idx)] = obj
-                    f *= 255
-                    f += 0.5
-                    video[b, j] = f
-            chunks = [i // CHUNK for i in idx] + [start // CHUNK] * CHUNK
-            yield {"video": torch.from_numpy(video), "ids": torch.from_numpy(ids), "objects": torch.from_numpy(objects),
-                   "positions": torch.tensor(pos + target_pos, dtype=torch.float32),
-                   "chunks": torch.tensor(chunks), "n_ctx": len(idx), "kind": kind}
+                examples.append([(world, t) for t in want + offset])
+                ids.append(tok)
+            yield self._assemble(examples, ids, idx, start, pos + target_pos, kind)
 
 
     def _revisit_world(self, rng: np.random.Generator, gap: int):
@@ -223,24 +211,36 @@ class WorldBatches(IterableDataset):
         want = np.asarray(idx + [start + i for i in range(CHUNK)])
         # about the frames (tokens) of an ordinary batch: long contexts come in smaller batches
         batch = max(2, min(cfg.batch, cfg.batch * (cfg.max_context + CHUNK) // len(want)))
-        video = np.empty((batch, len(want), self.size, self.size, 3), np.uint8)
-        objects = np.zeros((batch, CHUNK, self.size, self.size), np.bool_)
-        ids = np.zeros((batch, self.text_len), np.int64)
-        for b in range(batch):
-            world, alt, ids[b], _ = worlds[int(rng.integers(len(worlds)))]
+        examples, ids = [], []
+        for _ in range(batch):
+            world, alt, tok, _ = worlds[int(rng.integers(len(worlds)))]
             swap = rng.random() < cfg.revisit_swap_p
-            for j, t in enumerate(want):
-                src = alt if swap and j < len(idx) and t >= home else world
-                f, obj = frame_and_objects(src, int(t))
-                if j >= len(idx):
-                    objects[b, j - len(idx)] = obj
+            examples.append([(alt if swap and j < len(idx) and t >= home else world, t) for j, t in enumerate(want)])
+            ids.append(tok)
+        return self._assemble(examples, ids, idx, start, pos + [float(start + i) for i in range(CHUNK)],
+                              "revisit-" + kind)
+
+    def _assemble(self, examples: list, ids: list, idx: list[int], start: int, positions: list[float],
+                  kind: str) -> dict:
+        """The batch dict from ``examples`` (per example, a (World, t) for each frame: the context ``idx``,
+        then the target chunk at ``start``) and the examples' prompt ids."""
+        n_ctx = len(idx)
+        # uint8: a quarter of the bytes through worker IPC; each frame is quantised as it is written
+        # (the same values as quantising the whole float batch, without the float batch)
+        video = np.empty((len(examples), n_ctx + CHUNK, self.size, self.size, 3), np.uint8)
+        objects = np.zeros((len(examples), CHUNK, self.size, self.size), np.bool_)  # the targets' object pixels
+        for b, frames in enumerate(examples):
+            for j, (world, t) in enumerate(frames):
+                f, obj = frame_and_objects(world, int(t))
+                if j >= n_ctx:
+                    objects[b, j - n_ctx] = obj
                 f *= 255
                 f += 0.5
                 video[b, j] = f
         chunks = [i // CHUNK for i in idx] + [start // CHUNK] * CHUNK
-        return {"video": torch.from_numpy(video), "ids": torch.from_numpy(ids), "objects": torch.from_numpy(objects),
-                "positions": torch.tensor(pos + [float(start + i) for i in range(CHUNK)], dtype=torch.float32),
-                "chunks": torch.tensor(chunks), "n_ctx": len(idx), "kind": "revisit-" + kind}
+        return {"video": torch.from_numpy(video), "ids": torch.from_numpy(np.stack(ids)),
+                "objects": torch.from_numpy(objects), "positions": torch.tensor(positions, dtype=torch.float32),
+                "chunks": torch.tensor(chunks), "n_ctx": n_ctx, "kind": kind}
 
 
 def data_throughput(cfg: TrainConfig, seconds: float = 10.0, ecfg: EmbeddedConfig | None = None) -> dict:
