@@ -22,7 +22,9 @@ python3 -c "import torch, torchao, diffusers; print('torch', torch.__version__, 
 #    cold caches) / FP8 + compiled, then DiT only eager / compiled / FP8 + compiled; each with its cold
 #    start and a one-forward check against eager; then the 24 GB mode (UMT5-XXL offloaded) end to end.
 stamp "part 1: bench speed (variants, low memory)"
-python3 -m fademem.cli bench speed --policies "" \
+# timeout -s INT: a part that overruns (a compile stuck in autotuning, say) is stopped and the bench
+# writes what finished (the interrupted variant records where it stopped)
+timeout -s INT -k 15 "$(until_ $(( LIMIT - 190 )))" python3 -m fademem.cli bench speed --policies "" \
   --variants "eager+e2e,compile+e2e,fp8+compile+e2e,eager,compile,fp8+compile" \
   --variant-policy fademem:budget=12 --variant-seconds 9 --low-memory --low-memory-seconds 6 \
   --time-budget "$(budget $(( LIMIT - 195 )))" --no-plot --no-progress --out "$OUT/speed.json" >> "$LOG" 2>&1
@@ -32,7 +34,7 @@ stamp "part 1 done (rc $?)"
 #    (a second process: our first compiled chunk shows the compile cost with warm caches)
 if [ "$(until_ $(( LIMIT - 100 )))" -gt 45 ]; then
   stamp "part 2: official LongLive end to end"
-  python3 benchmarks/official_e2e.py --chunks 10 --warmup 4 --time-budget "$(budget $(( LIMIT - 100 )))" \
+  timeout -s INT -k 10 "$(until_ $(( LIMIT - 95 )))" python3 benchmarks/official_e2e.py --chunks 10 --warmup 4 --time-budget "$(budget $(( LIMIT - 100 )))" \
     --out "$OUT/official_e2e.json" >> "$LOG" 2>&1
   stamp "part 2 done (rc $?)"
 else
@@ -42,7 +44,7 @@ fi
 # 3. the 14B config at size, DiT only, eager: fademem and sink at 15 visible frames (8 chunks, 4 steady)
 if [ "$(until_ $(( LIMIT - 5 )))" -gt 70 ]; then
   stamp "part 3: 14B"
-  python3 -m fademem.cli bench speed --config 14b --policies "fademem:budget=12,sink:budget=12,sink=3" \
+  timeout -s INT -k 10 "$(until_ $(( LIMIT )))" python3 -m fademem.cli bench speed --config 14b --policies "fademem:budget=12,sink:budget=12,sink=3" \
     --seconds 6 --warmup 4 --compile none --no-peak --time-budget "$(budget $(( LIMIT - 5 )))" \
     --no-plot --no-progress --out "$OUT/speed14b.json" >> "$LOG" 2>&1
   stamp "part 3 done (rc $?)"

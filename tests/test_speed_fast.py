@@ -19,6 +19,7 @@ from fademem.pipeline.fast import (
     FP8_MIN_CAPABILITY,
     Fp8Unavailable,
     RegionalCompile,
+    apply_fp8,
     check_compile_mode,
     check_fp8,
     enable_compile_cache,
@@ -120,6 +121,30 @@ def test_fp8_converts_exactly_the_block_linears(model):
     assert not any(n.startswith(("head", "text_embedding", "time_")) for n in names)
 
 
+def test_fp8_keeps_torchao_off_inductors_global_settings(model, monkeypatch):
+    """torchao's float8 config by default turns on Inductor's coordinate-descent tuning for the whole
+    process (on the H200 it segfaulted Triton's compiler); apply_fp8 asks it not to, and converts only
+    the block linears (a stand-in torchao records the call: torchao is a GPU extra)."""
+    import sys
+    import types
+
+    calls = {}
+
+    class Config:
+        def __init__(self, **kw):
+            calls["config"] = kw
+
+    def quantize_(m, cfg, filter_fn):
+        calls["converted"] = [n for n, sub in m.named_modules() if filter_fn(sub, n)]
+
+    quant = types.SimpleNamespace(Float8DynamicActivationFloat8WeightConfig=Config, PerRow=lambda: "per-row",
+                                  quantize_=quantize_)
+    monkeypatch.setitem(sys.modules, "torchao", types.ModuleType("torchao"))
+    monkeypatch.setitem(sys.modules, "torchao.quantization", quant)
+    assert apply_fp8(model) == 10 * len(model.blocks) == len(calls["converted"])
+    assert calls["config"] == {"granularity": "per-row", "set_inductor_config": False}
+
+
 def _fp8_rowwise(x: torch.Tensor) -> torch.Tensor:
     """float8 e4m3 with one scale per row (amax -> 448), back to float32: the recipe's rounding."""
     scale = 448.0 / x.float().abs().amax(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -175,6 +200,29 @@ def test_bench_fp8_paths_with_the_recipe_emulated(monkeypatch):
                       progress=False)
     check = sp.run_speed(run, log=lambda *_: None)["precision"]["forward_check"]
     assert check["ok"] and 1e-3 < check["rel_l2_vs_dtype"] < 5e-2
+
+
+def test_an_interrupted_bench_keeps_the_finished_variants(monkeypatch):
+    """A wall-clock limit around the bench (SIGINT, e.g. ``timeout -s INT``) in the middle of a variant: the
+    finished variants stay in the report, the interrupted one says where it stopped, later parts skip."""
+    import fademem.bench.speed_variants as sv
+
+    real, calls = sv.run_policy, []
+
+    def stuck_on_second(*a, **kw):
+        calls.append(kw["label"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sv, "run_policy", stuck_on_second)
+    run = sp.SpeedRun(setup=_setup(), policies=[], variants=["eager", "sdpa=math", "eager"], low_memory=True,
+                      variant_policy="window:budget=2", variant_seconds=0.75, measure_peak=False, progress=False)
+    report = sp.run_speed(run, log=lambda *_: None)
+    done, stopped = report["variants"]
+    assert done["summary"] and calls == ["eager", "sdpa=math"]
+    assert "interrupted" in stopped["error"] and "stuck_on_second" in stopped["error"]
+    assert report["interrupted"].startswith("SIGINT") and report["low_memory"] is None
 
 
 def test_fp8_and_compile_options_are_refused_up_front(tmp_path):

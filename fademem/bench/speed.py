@@ -243,48 +243,52 @@ def run_speed(run: SpeedRun, log=print) -> dict:
             return frames, None
         return frames, timed_chunks(frames // fpc, fpc, every, run.timed_window, max(run.timed_first, setup.warmup + 1))
 
-    with RegionalCompile(model, setup.compile):
-        # 1. long runs in the timed mode, 2. the sweep
-        jobs = [(spec, run.long_seconds, run.timed_every_s or 60.0, True) for spec in run.long_policies]
-        jobs += [(spec, run.seconds, run.timed_every_s, False) for spec in run.policies]
-        if run.long_policies:
-            report["long_runs"] = {"seconds": run.long_seconds, "timed_every_s": run.timed_every_s or 60.0,
-                                   "timed_window": run.timed_window, "timed_first": run.timed_first,
-                                   "note": TIMED_MODE_NOTE, "policies": []}
-        for spec, seconds, every, long in jobs:
-            frames, timed = plan(seconds, every)
-            cap = run.full_max_frames if is_unbounded(spec) else None
-            if cap:
-                frames = min(frames, max(fpc, fpc * (cap // fpc)))
-                timed = None if timed is None else [i for i in timed if i < frames // fpc]
-            n = frames // fpc
-            n_timed = n if timed is None else len(timed)
-            if not budget.fits(n_timed, n - n_timed):
-                skip("policy", f"{spec} ({seconds:g} s)",
-                     f"time budget: forecast {budget.forecast(n_timed, n - n_timed):.0f} s, "
-                     f"{budget.left():.0f} s left")
-                continue
-            log(f"policy {spec}: {frames} latent frames"
-                + (f", timed mode ({n_timed} of {n} chunks timed)" if timed is not None else ""))
-            res = run_policy(model, spec, frames_for_seconds(seconds, fpc), setup, text=text, max_frames=cap,
-                             peak_tflops=peak, progress=run.progress, timed=timed, deadline=budget.deadline)
-            res["seconds"] = seconds
-            budget.learn(res)
-            _log_result(log, res)
-            (report["long_runs"]["policies"] if long else report["policies"]).append(res)
+    try:  # SIGINT (a wall-clock limit around the bench) stops the parts; what finished is reported
+        with RegionalCompile(model, setup.compile):
+            # 1. long runs in the timed mode, 2. the sweep
+            jobs = [(spec, run.long_seconds, run.timed_every_s or 60.0, True) for spec in run.long_policies]
+            jobs += [(spec, run.seconds, run.timed_every_s, False) for spec in run.policies]
+            if run.long_policies:
+                report["long_runs"] = {"seconds": run.long_seconds, "timed_every_s": run.timed_every_s or 60.0,
+                                       "timed_window": run.timed_window, "timed_first": run.timed_first,
+                                       "note": TIMED_MODE_NOTE, "policies": []}
+            for spec, seconds, every, long in jobs:
+                frames, timed = plan(seconds, every)
+                cap = run.full_max_frames if is_unbounded(spec) else None
+                if cap:
+                    frames = min(frames, max(fpc, fpc * (cap // fpc)))
+                    timed = None if timed is None else [i for i in timed if i < frames // fpc]
+                n = frames // fpc
+                n_timed = n if timed is None else len(timed)
+                if not budget.fits(n_timed, n - n_timed):
+                    skip("policy", f"{spec} ({seconds:g} s)",
+                         f"time budget: forecast {budget.forecast(n_timed, n - n_timed):.0f} s, "
+                         f"{budget.left():.0f} s left")
+                    continue
+                log(f"policy {spec}: {frames} latent frames"
+                    + (f", timed mode ({n_timed} of {n} chunks timed)" if timed is not None else ""))
+                res = run_policy(model, spec, frames_for_seconds(seconds, fpc), setup, text=text, max_frames=cap,
+                                 peak_tflops=peak, progress=run.progress, timed=timed, deadline=budget.deadline)
+                res["seconds"] = seconds
+                budget.learn(res)
+                _log_result(log, res)
+                (report["long_runs"]["policies"] if long else report["policies"]).append(res)
 
-    if run.e2e_policies:
-        report["end_to_end"] = run_end_to_end(model, run, text, peak, budget, report, log)
+        if run.e2e_policies:
+            report["end_to_end"] = run_end_to_end(model, run, text, peak, budget, report, log)
 
-    if run.variants:
-        report["variants"] = _run_variants(model, run, text, peak, budget, skip, log)
+        if run.variants:
+            _run_variants(model, run, text, peak, budget, skip, log, report["variants"])
 
-    if run.low_memory:
-        from fademem.bench.speed_lowmem import run_low_memory
+        if run.low_memory:
+            from fademem.bench.speed_lowmem import run_low_memory
 
-        report["low_memory"] = run_low_memory(model, run, budget, log)
-        if report["low_memory"].get("skipped"):
-            skip("part", "low memory", report["low_memory"]["skipped"])
+            report["low_memory"] = run_low_memory(model, run, budget, log)
+            if report["low_memory"].get("skipped"):
+                skip("part", "low memory", report["low_memory"]["skipped"])
+    except KeyboardInterrupt:
+        report["interrupted"] = f"SIGINT after {time.perf_counter() - t_start:.0f} s: later parts did not run"
+        log(f"interrupted: {report['interrupted']}")
 
     report["comparisons"] = compare_policies(report["policies"] + (report["long_runs"] or {}).get("policies", []))
     report["elapsed_s"] = time.perf_counter() - t_start

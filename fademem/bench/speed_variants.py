@@ -110,6 +110,15 @@ class _Models:
         return self.by[precision]
 
 
+def _where() -> str:
+    """The innermost frames of the exception being handled: where an interrupted variant was stuck."""
+    import sys
+    import traceback
+
+    frames = traceback.extract_tb(sys.exc_info()[2])[-4:]
+    return " <- ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}" for f in reversed(frames))
+
+
 def _cold_start(res: dict, warmup: int) -> dict:
     walls = [c["wall_ms"] for c in res["chunks"] if "wall_ms" in c]
     if not walls:
@@ -122,12 +131,13 @@ def _cold_start(res: dict, warmup: int) -> dict:
     return out
 
 
-def _run_variants(model, run, text, peak, budget: _Budget, skip, log) -> list[dict]:
-    """``run.variants`` of ``run.variant_policy`` (``run``: a ``fademem.bench.speed.SpeedRun``)."""
+def _run_variants(model, run, text, peak, budget: _Budget, skip, log, out: list[dict]) -> list[dict]:
+    """``run.variants`` of ``run.variant_policy`` (``run``: a ``fademem.bench.speed.SpeedRun``), appended
+    to ``out`` as each ends, so an interrupted bench (SIGINT: a wall-clock limit) keeps the finished ones;
+    the interrupted variant is recorded with where it stopped, and the KeyboardInterrupt goes on."""
     setup = run.setup
     fpc = setup.frames_per_chunk
     vframes = frames_for_seconds(run.variant_seconds, fpc)
-    out: list[dict] = []
     base: dict[bool, float] = {}
     ref: dict[int, torch.Tensor] = {}
     last = vframes // fpc - 1
@@ -182,6 +192,12 @@ def _run_variants(model, run, text, peak, budget: _Budget, skip, log) -> list[di
             check = {"rel_l2_vs_eager": diff, "tolerance": tol, "ok": bool(diff <= tol),
                      "what": "one denoising forward (t=1000, no memory) against the eager forward of the "
                              f"{setup.dtype} model, same inputs"}
+        except KeyboardInterrupt:
+            out.append({"label": name, "variant": name, "spec": run.variant_policy, "summary": {}, "chunks": [],
+                        "error": "interrupted (SIGINT) after "
+                                 f"{time.perf_counter() - t0:.0f} s; it stopped in: {_where()}"})
+            log(f"  -> interrupted after {time.perf_counter() - t0:.0f} s in {_where()}")
+            raise
         except Exception as exc:  # noqa: BLE001 - a variant that cannot run is a result, not a crash
             res = {"label": name, "spec": run.variant_policy, "summary": {}, "chunks": [], "frames_run": 0,
                    "error": f"{type(exc).__name__}: {exc}"[:400], "stopped": None, "kv_bytes_final": 0,

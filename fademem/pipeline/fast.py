@@ -187,5 +187,9 @@ def apply_fp8(model: torch.nn.Module) -> int:
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     count = sum(fp8_filter(m, n) for n, m in model.named_modules())
-    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fp8_filter)
+    # set_inductor_config=False: torchao's default turns on Inductor's coordinate-descent tuning for the
+    # whole process (every later compile, the VAE decoder's too); on the H200 with torch 2.11 that tuning
+    # segfaulted in Triton's compiler on the fp8 block kernels, and before that spent minutes per graph
+    cfg = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+    quantize_(model, cfg, filter_fn=fp8_filter)
     return count
