@@ -23,6 +23,25 @@ def test_heldout_episodes_are_reproducible_and_pan():
     assert all(parse_prompt(e["prompt"]).camera.move != "static" for e in bf.continuation_episodes(4))
 
 
+def test_continuation_episodes_pan_through_the_scored_window():
+    """Regression: 'camera not static' let in 'pans ... and returns' cameras holding still over 6-8 s (the
+    freeze baseline then scored the 100 dB cap and the mean freeze PSNR was 36 dB on 'panning' scenes)."""
+    from fademem.embedded.world import World
+
+    for opening, scored in ((48, 16), (12, 8)):
+        for e in bf.continuation_episodes(8, 0, opening, scored, 64, 8):
+            w = World(e["prompt"], e["world_seed"], 64, 8)
+            px = [w.camera_px(t) for t in range(opening - 1, opening + scored)]
+            assert all(a != b for a, b in zip(px, px[1:])), e["prompt"]
+            frames = w.render(scored + 1, start=opening - 1)
+            assert all((f != frames[0]).any() for f in frames[1:]), e["prompt"]
+    away = ("a large yellow ring standing still over a plain green background, "
+            "camera pans right and returns after 8 seconds")
+    pans = "a large yellow ring standing still over a wavy green background, camera slowly keeps panning right"
+    assert not bf._visibly_pans(World(away, 0, 64, 8), 48, 16)  # away (still) from 4 s to 10 s
+    assert bf._visibly_pans(World(pans, 0, 64, 8), 48, 16)
+
+
 def test_time_bins_have_first_and_last_ten_seconds():
     labels = [b[2] for b in bf.time_bins(60)]
     assert labels[0] == "0-10 s" and labels[-1] == "50-60 s" and len(labels) == 6
@@ -46,6 +65,8 @@ def test_fidelity_cli_tiny(tmp_path):
     assert c["opening_frames"] == 12 and c["scored_frames"] == 8 and len(c["episodes"]) == 2
     p = c["psnr_db"]
     assert p["difference"]["mean"] == pytest.approx(p["generated"]["mean"] - p["freeze"]["mean"])
+    assert p["difference_codec"]["mean"] == pytest.approx(p["generated"]["mean"] - p["freeze_codec"]["mean"])
+    assert all(e["psnr_freeze"] < 60 and e["psnr_opening_codec"] > 25 for e in c["episodes"])  # no static window
     assert "generated - freeze" in res.output and "true render (reference)" in res.output
 
 

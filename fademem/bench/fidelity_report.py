@@ -46,11 +46,14 @@ def format_table(report: dict) -> str:
 
         fps = cfg["fps"]
         lines += ["", f"continuation after a {c['opening_frames'] / fps:g} s true opening ({len(c['episodes'])} "
-                      f"panning episodes): PSNR of the first {c['scored_frames'] / fps:g} s vs truth (95% t over "
-                      "episodes)",
+                      f"visibly panning episodes): PSNR of the first {c['scored_frames'] / fps:g} s vs truth "
+                      "(95% t over episodes)",
                   f"  generated            {fmt(p['generated'])}",
                   f"  freeze last frame    {fmt(p['freeze'])}",
                   f"  generated - freeze   {fmt(p['difference'], '+')}"]
+        if "freeze_codec" in p:
+            lines += [f"  freeze, codec frame  {fmt(p['freeze_codec'])}",
+                      f"  generated - that     {fmt(p['difference_codec'], '+')}"]
     return "\n".join(lines)
 
 
