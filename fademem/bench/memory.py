@@ -32,6 +32,11 @@ Equal budgets: a bare policy name gets ``budget`` history frames as the policy i
 (``Memory.at_budget``); specs with knobs are taken as given. The history each policy actually showed
 the model is measured (the largest ``view()`` of layer 0) and reported next to the request.
 
+Never lost output: after every finished policy the report so far goes to ``on_report`` (the CLI writes
+memory.json/txt, ``"partial": true``); SIGINT during a policy ends the run with the finished policies
+reported (``"interrupted"``); ``time_budget_s`` skips policies forecast not to fit (``policies_not_run``).
+One policy: ``bench.memory_policy.run_policy``; the report: ``bench.memory_assemble.finish``.
+
 The JSON, plot and table: ``bench.memory_report`` (re-exported here, as are the statistics).
 """
 
@@ -41,20 +46,16 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
 import torch
 
-from fademem.bench import memory_critic
-from fademem.bench.memory_assemble import assemble
+from fademem.bench import memory_assemble, memory_critic, memory_policy
 from fademem.bench.memory_episodes import Episode, make_episodes, revisit_episodes
-from fademem.bench.memory_report import bin_labels, format_table, plot, write_json
+from fademem.bench.memory_policy import FRAMES_PER_CHUNK, watched_stack
+from fademem.bench.memory_report import bin_labels, format_table, plot, write_json, write_outputs
 from fademem.bench.memory_stats import (
     LAG_EDGES,
-    PAIRWISE_METHOD,
     PSNR_CAP_DB,
-    excluding_zero,
     frame_metrics,
     lag_table,
     paired,
@@ -67,10 +68,9 @@ from fademem.memory import parse_spec
 __all__ = ["CPU_EPISODES", "CUDA_EPISODES", "DEFAULT_POLICIES", "FRAMES_PER_CHUNK", "LAG_EDGES", "PSNR_CAP_DB",
            "Episode", "MemoryRun", "bin_labels", "budget_spec", "format_table", "frame_metrics", "lag_table",
            "make_episodes", "paired", "pairwise", "parse_policies", "plot", "revisit_episodes", "run_memory",
-           "summarise", "validate", "watched_stack", "write_json"]
+           "summarise", "validate", "watched_stack", "write_json", "write_outputs"]
 
 DEFAULT_POLICIES = ("full", "window", "sink", "memrope", "fademem")
-FRAMES_PER_CHUNK = 3
 CUDA_EPISODES, CPU_EPISODES = 48, 4  # default episode counts (episodes=None)
 
 
@@ -81,7 +81,7 @@ def budget_spec(policy: str, budget: int) -> tuple[str, str | None]:
     """(spec, note): the spec a policy runs with at ``budget`` history frames, and a note when it is
     not budget-matched or how the match was made (the policy's ``Memory.at_budget``). Specs with
     knobs are taken as given. Raises ValueError for unknown policies/knobs."""
-    from fademem.memory import build_memory, parse_spec
+    from fademem.memory import build_memory
 
     policy = policy.strip()
     cls, _ = parse_spec(policy)  # unknown policy or knob -> ValueError naming it
@@ -122,6 +122,7 @@ class MemoryRun:
     long_lag_seconds: float = 8.0
     critic: str | None = None  # a world-critic file: identity score on revisit windows
     alpha: float = 0.05  # family-wise level of the pairwise comparisons (Holm)
+    time_budget_s: float | None = None  # seconds from the start: a policy starts only if forecast to fit
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -152,6 +153,9 @@ def validate(run: MemoryRun) -> list[tuple[str, str, str | None]]:
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {run.dtype!r}")
     if not 0 < run.alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {run.alpha}")
+    if run.time_budget_s is not None and not (isinstance(run.time_budget_s, (int, float))
+                                              and math.isfinite(run.time_budget_s) and run.time_budget_s > 0):
+        raise ValueError(f"--time-budget must be a positive number of seconds, got {run.time_budget_s!r}")
     if run.steps is not None and not list(run.steps):
         raise ValueError("--steps is empty (leave it out to use the model file's schedule)")
     if run.critic is not None:
@@ -167,26 +171,6 @@ def validate(run: MemoryRun) -> list[tuple[str, str, str | None]]:
     if dup:
         raise ValueError(f"policy given twice: {', '.join(sorted(dup))}")
     return resolved
-
-
-def watched_stack(spec: str, num_layers: int):
-    """A MemoryStack whose first layer records the largest view it hands the model, in frames of
-    tokens (``view.k`` tokens / tokens per frame; token-level policies can give fractions)."""
-    from fademem.memory import MemoryStack
-
-    stack = MemoryStack(spec, num_layers)
-    layer, seen = stack.layers[0], [0]
-    inner = layer.view
-
-    def view(query):
-        v = inner(query)
-        if v is not None:
-            frames = v.k.shape[1] / layer.tokens_per_frame
-            seen[0] = max(seen[0], int(frames) if float(frames).is_integer() else round(frames, 2))
-        return v
-
-    layer.view = view  # an instance attribute: survives reset()
-    return stack, seen
 
 
 def _pipelines(bundle, steps):
@@ -218,11 +202,16 @@ def _truth(bundle, episodes, lags_all, num_frames, opening, budget):
     return truth, latents, revisit_masks(lags_all, budget, opening), ceiling
 
 
-def run_memory(run: MemoryRun, log=print) -> dict:
-    """The whole benchmark; returns the JSON-able report (see ``write_json``)."""
+def run_memory(run: MemoryRun, log=print, on_report=None) -> dict:
+    """The whole benchmark; returns the JSON-able report (see ``write_json``).
+
+    ``on_report(report)``: called after every finished policy with the report so far (``partial`` true,
+    ``policies_finished``, ``policies_not_run``), through the same assembly as the final report.
+    ``run.time_budget_s``: a policy starts only if forecast to fit (``memory_policy.budget_reason``; the first
+    always runs); skipped ones are listed in ``policies_not_run`` with the reason. SIGINT (KeyboardInterrupt)
+    during a policy ends the loop: ``interrupted`` says when, and the report covers the finished policies."""
     from fademem import embedded
     from fademem.bench.speed import environment
-    from fademem.pipeline import VideoPipeline, generator_for_memory, initial_noise
 
     resolved = validate(run)
     device = torch.device(run.device)
@@ -231,7 +220,7 @@ def run_memory(run: MemoryRun, log=print) -> dict:
     t_start = time.perf_counter()
     dtype = getattr(torch, run.dtype)
     bundle = embedded.load(run.weights, device=device, dtype=dtype)
-    cfg, codec = bundle.cfg, bundle.codec
+    cfg = bundle.cfg
     fps, size = cfg.fps, cfg.frame_size
     num_frames = _frames(run.seconds, fps, "--seconds")
     opening = _frames(run.opening_seconds, fps, "--opening-seconds")
@@ -239,13 +228,11 @@ def run_memory(run: MemoryRun, log=print) -> dict:
         raise ValueError(f"the opening ({opening} frames) must be shorter than the video ({num_frames} frames)")
     pipe, steps, shift, steps_from = _pipelines(bundle, run.steps)
     long_lag = int(math.ceil(run.long_lag_seconds * fps))
-    latent_shape = embedded.latent_shape(cfg)
     episodes, lags_all, skipped = revisit_episodes(run.num_episodes(), run.seed, run.scenes, num_frames, opening,
                                                    fps, size)
     for sk in skipped:
         log(f"skipped benchmark scene {sk['scene']}: {sk['reason']}")
     truth, latents, masks, ceiling = _truth(bundle, episodes, lags_all, num_frames, opening, run.budget)
-    lags = [lg[opening:] for lg in lags_all]  # scored frames: the generated ones
     critic, critic_note = memory_critic.load(run.critic, device)
     span = critic.cfg.span if critic is not None else 0
     windows = [memory_critic.critic_windows(lg, opening, num_frames, span, run.budget) if critic else []
@@ -256,96 +243,47 @@ def run_memory(run: MemoryRun, log=print) -> dict:
         f"{opening} frames ({opening / fps:g} s), {num_frames - opening} generated frames scored each "
         f"({sum(int(m.sum()) for m in masks)} revisit-aligned in all); {bundle.model.num_parameters() / 1e6:.2f} "
         f"M-parameter model ({cfg.codec} codec, {bundle.schedule.describe()}) on {device}")
-
     bs = run.batch or len(episodes)
     groups = [list(range(i, min(i + bs, len(episodes)))) for i in range(0, len(episodes), bs)]
-    results: list[dict] = []
-    for requested, spec, note in resolved:
-        t0 = time.perf_counter()
-        per_ep: list[dict | None] = [None] * len(episodes)
-        scored_id: list[dict | None] = [None] * len(episodes)
-        visible, opening_err, error = 0, 0.0, None
-        run_pipe = None  # built once per policy, inside the try below so its errors are reported
-        for group in groups:
-            prompts = [episodes[i].prompt for i in group]
-            noise = torch.cat([initial_noise(episodes[i].noise_seed, (1, latent_shape[0], num_frames,
-                                                                       *latent_shape[1:]), FRAMES_PER_CHUNK)
-                               for i in group])
-            prefix = torch.cat([latents[i][:, :, :opening] for i in group])
-            outs = []
-            try:
-                stack, seen = watched_stack(spec, bundle.model.config.num_layers)
-                if run_pipe is None:
-                    model = generator_for_memory(bundle.model, spec)  # what the policy declares (e.g. a LoRA)
-                    run_pipe = pipe if model is bundle.model else VideoPipeline(
-                        model, bundle.text, None, frames_per_chunk=FRAMES_PER_CHUNK, steps=steps, shift=shift)
-                gen = run_pipe.generate(prompts, num_frames, memory=stack, seed=episodes[group[0]].noise_seed,
-                                        noise=noise, latent_shape=latent_shape, progress=False, prefix=prefix)
-                with torch.no_grad():
-                    for chunk in gen:
-                        outs.append(codec.to_frames(chunk.latents.float()).cpu())
-                visible = max(visible, seen[0])
-            except Exception as exc:  # noqa: BLE001 - report, keep the other policies
-                error = f"{type(exc).__name__}: {exc}"[:400]
-                log(f"  [{spec}] failed: {error}")
-                break
-            video = torch.cat(outs, dim=1)  # [B, T, H, W, 3]
-            ref_open = torch.cat([codec.to_frames(latents[i][:, :, :opening].float()).cpu() for i in group])
-            opening_err = max(opening_err, float((video[:, :opening] - ref_open).abs().max()))
-            for j, i in enumerate(group):
-                p, s = frame_metrics(video[j, opening:], truth[i][opening:])
-                per_ep[i] = {"index": i, "psnr": p.tolist(), "ssim": s.tolist()}
-            if critic is not None:
-                got = memory_critic.score_windows(critic, [video[j] for j in range(len(group))], prompts,
-                                                  [episodes[i].world_seed for i in group], [windows[i] for i in group])
-                for j, i in enumerate(group):
-                    scored_id[i] = got[j]
-                    per_ep[i]["identity"] = got[j]
-            if run.progress:
-                log(f"  [{spec}] episodes {group[0]}..{group[-1]} done, {time.perf_counter() - t0:.1f} s")
-        res: dict[str, Any] = {
-            "label": spec.split(":")[0], "requested": requested, "spec": spec,
-            "unbounded": not parse_spec(spec)[0].bounded,
-            "spec_resolved": pipe.memory.spec if pipe.memory is not None and error is None else None,
-            "note": note, "error": error, "seconds": time.perf_counter() - t0,
-            "visible_history_frames_max": visible,
-            "opening_max_abs_error": opening_err if error is None else None,
-            "episodes": per_ep if error is None else [],
-        }
-        if error is None:
-            res["summary"] = summarise(per_ep, lags, long_lag)
-            res["revisit"] = summarise(per_ep, lags, long_lag, masks=masks)
-            if critic is not None:
-                res["identity"] = memory_critic.summarise_identity(scored_id, long_lag)
-            s, r = res["summary"], res["revisit"]
-            log(f"{spec}: PSNR {s['psnr'][0]:.2f} dB (revisit-aligned {r['psnr'][0]:.2f}), SSIM {s['ssim'][0]:.4f}"
-                + (f", identity {res['identity']['identity'][0]:.3f}" if critic is not None else "")
-                + f", visible history {visible}, {res['seconds']:.1f} s")
-        results.append(res)
-        pipe.memory = None
+    st = memory_policy.Setup(bundle=bundle, pipe=pipe, steps=steps, shift=shift, episodes=episodes, groups=groups,
+                             latents=latents, truth=truth, latent_shape=embedded.latent_shape(cfg),
+                             num_frames=num_frames, opening=opening, lags=[lg[opening:] for lg in lags_all],
+                             masks=masks, long_lag=long_lag, critic=critic, windows=windows, progress=run.progress)
+    x = dict(num_frames=num_frames, opening=opening, groups=groups, steps=steps, shift=shift, steps_from=steps_from,
+             environment=environment(device), t_start=t_start, critic=run.critic, critic_note=critic_note,
+             critic_truth=None, windows=windows, lags_all=lags_all, skipped=skipped, ceiling=ceiling)
 
-    ok = [r for r in results if r["error"] is None]
-    ref = next((r for r in ok if r["unbounded"]), None)  # the reference of paired_vs_full
-    for r in ok:
-        if ref is not None and r is not ref:
-            r["paired_vs_full"] = paired(r["episodes"], ref["episodes"], lags, long_lag)
-    named = [(r["spec"], r["episodes"]) for r in ok]
-    pw: dict[str, Any] = {"alpha": run.alpha, "method": PAIRWISE_METHOD, "scoring": "revisit-aligned frames "
-                          "(identity: revisit windows)", "long_lag_frames": long_lag,
-                          "pairs": [[a, b] for i, (a, _) in enumerate(named) for b, _ in named[i + 1:]]}
-    for key in ("psnr", "ssim"):
-        pw[key] = pairwise(named, key, lags, long_lag, masks=masks, alpha=run.alpha)
-    if critic is not None:
-        id_named = [(r["spec"], [e["identity"] for e in r["episodes"]]) for r in ok]
-        id_lags = [np.asarray(e["identity"]["lags"], np.int64) for e in ok[0]["episodes"]] if ok else []
-        pw["identity"] = pairwise(id_named, "identity", id_lags, long_lag, alpha=run.alpha)
-    pw["excluding_zero"] = {f"{k}_{rng}": excluding_zero(pw[k][rng]) for k in ("psnr", "ssim", "identity")
-                            if k in pw for rng in ("overall", "long")}
-    critic_truth = None
-    if critic is not None:
-        critic_truth = memory_critic.summarise_identity(memory_critic.score_windows(
-            critic, truth, [e.prompt for e in episodes], [e.world_seed for e in episodes], windows), long_lag)
-    return assemble(run, bundle, episodes, lags_all, masks, results, skipped, pw, ceiling, lags, long_lag,
-                    dict(num_frames=num_frames, opening=opening, groups=groups, steps=steps, shift=shift,
-                         steps_from=steps_from, environment=environment(device), t_start=t_start,
-                         critic=run.critic, critic_note=critic_note, critic_truth=critic_truth, windows=windows))
+    results: list[dict] = []
+    not_run: list[dict] = []  # {"requested", "spec", "reason"}
+    interrupted = None
+
+    def progress(partial: bool, upcoming=()) -> dict:
+        return {"partial": partial, "policies_finished": [r["spec"] for r in results],
+                "policies_not_run": not_run + [{"requested": q, "spec": s, "reason": "not reached yet (partial report)"}
+                                               for q, s, _ in upcoming],
+                "interrupted": interrupted}
+
+    for k, (requested, spec, note) in enumerate(resolved):
+        t0, phase = time.perf_counter(), spec
+        try:
+            left = math.inf if run.time_budget_s is None else t_start + run.time_budget_s - time.perf_counter()
+            why = memory_policy.budget_reason(results, spec, left)
+            if why is not None:
+                log(f"{spec}: skipped ({why})")
+                not_run.append({"requested": requested, "spec": spec, "reason": why})
+                continue
+            try:
+                results.append(memory_policy.run_policy(st, requested, spec, note, log))
+            finally:
+                pipe.memory = None
+            if on_report is not None:
+                phase = f"the partial report after {spec}"
+                on_report(memory_assemble.finish(run, st, results, x, progress(True, resolved[k + 1:])))
+        except KeyboardInterrupt:
+            interrupted = f"SIGINT after {time.perf_counter() - t0:.1f} s during {phase}"
+            log(f"interrupted: {interrupted}; reporting the {len(results)} finished policies")
+            done = {r["spec"] for r in results} | {n["spec"] for n in not_run}
+            not_run += [{"requested": q, "spec": s, "reason": "interrupted (SIGINT)" if s == spec else
+                         "not reached (interrupted)"} for q, s, _ in resolved if s not in done]
+            break
+    return memory_assemble.finish(run, st, results, x, progress(interrupted is not None))

@@ -6,7 +6,15 @@ import math
 import time
 from dataclasses import asdict
 
-from fademem.bench.memory_stats import LAG_EDGES, PSNR_CAP_DB, summarise
+from fademem.bench.memory_stats import (
+    LAG_EDGES,
+    PAIRWISE_METHOD,
+    PSNR_CAP_DB,
+    excluding_zero,
+    paired,
+    pairwise,
+    summarise,
+)
 
 
 def equal_budget(results: list[dict], budget: int, fps: float) -> dict:
@@ -86,3 +94,40 @@ def assemble(run, bundle, episodes, lags_all, masks, results, skipped, pw, ceili
         "pairwise": pw,
         "elapsed_s": time.perf_counter() - x["t_start"],
     }
+
+
+def finish(run, st, results: list[dict], x: dict, progress: dict) -> dict:
+    """The report of the policies in ``results`` (all of a run, or those finished so far): paired differences
+    against the unbounded reference, every pair Holm-corrected, the critic's ceiling on the true frames
+    (scored once, kept in ``x``), then ``assemble``; ``progress`` (partial, policies_finished,
+    policies_not_run, interrupted) is added as top-level fields. ``st``: ``memory_policy.Setup``."""
+    import numpy as np
+
+    from fademem.bench import memory_critic
+
+    lags, long_lag, masks, critic = st.lags, st.long_lag, st.masks, st.critic
+    ok = [r for r in results if r["error"] is None]
+    ref = next((r for r in ok if r["unbounded"]), None)  # the reference of paired_vs_full
+    for r in ok:
+        if ref is not None and r is not ref:
+            r["paired_vs_full"] = paired(r["episodes"], ref["episodes"], lags, long_lag)
+    named = [(r["spec"], r["episodes"]) for r in ok]
+    pw: dict = {"alpha": run.alpha, "method": PAIRWISE_METHOD, "scoring": "revisit-aligned frames "
+                "(identity: revisit windows)", "long_lag_frames": long_lag,
+                "pairs": [[a, b] for i, (a, _) in enumerate(named) for b, _ in named[i + 1:]]}
+    for key in ("psnr", "ssim"):
+        pw[key] = pairwise(named, key, lags, long_lag, masks=masks, alpha=run.alpha)
+    if critic is not None:
+        id_named = [(r["spec"], [e["identity"] for e in r["episodes"]]) for r in ok]
+        id_lags = [np.asarray(e["identity"]["lags"], np.int64) for e in ok[0]["episodes"]] if ok else []
+        pw["identity"] = pairwise(id_named, "identity", id_lags, long_lag, alpha=run.alpha)
+    pw["excluding_zero"] = {f"{k}_{rng}": excluding_zero(pw[k][rng]) for k in ("psnr", "ssim", "identity")
+                            if k in pw for rng in ("overall", "long")}
+    if critic is not None and x.get("critic_truth") is None:
+        eps = st.episodes
+        x["critic_truth"] = memory_critic.summarise_identity(memory_critic.score_windows(
+            critic, st.truth, [e.prompt for e in eps], [e.world_seed for e in eps], st.windows), long_lag)
+    rep = assemble(run, st.bundle, st.episodes, x["lags_all"], masks, results, x["skipped"], pw, x["ceiling"],
+                   lags, long_lag, x)
+    rep.update(progress)
+    return rep

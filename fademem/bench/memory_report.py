@@ -25,11 +25,26 @@ def _clean(obj):
     return obj
 
 
-def write_json(report: dict, path: str) -> str:
+def _write_text(path: str, text: str) -> str:
+    """Write through a temporary file and rename: an interrupted write never leaves a truncated file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump(_clean(report), fh, indent=1, allow_nan=False)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
     return path
+
+
+def write_json(report: dict, path: str) -> str:
+    return _write_text(path, json.dumps(_clean(report), indent=1, allow_nan=False))
+
+
+def write_outputs(report: dict, out_dir: str) -> tuple[str, str]:
+    """memory.json and memory.txt (the table) in ``out_dir``; (json path, table text)."""
+    table = format_table(report)
+    path = write_json(report, os.path.join(out_dir, "memory.json"))
+    _write_text(os.path.join(out_dir, "memory.txt"), table + "\n")
+    return path, table
 
 
 def bin_labels(edges=LAG_EDGES, fps: float = 8) -> list[str]:
@@ -153,6 +168,10 @@ def format_table(report: dict) -> str:
     head = (f"{'policy':26s} {'visible':>7s} {'PSNR dB (95% CI)':>22s} {'SSIM (95% CI)':>24s} "
             f"{f'PSNR lag>={ll:g}s n={n_long}':>22s} {'dPSNR vs full':>20s} {f'dPSNR lag>={ll:g}s vs full':>26s}")
     rows = [head]
+    if report.get("partial") or report.get("interrupted"):
+        why = f"interrupted: {report['interrupted']}" if report.get("interrupted") else "run still going"
+        done = ", ".join(report.get("policies_finished") or []) or "none"
+        rows.insert(0, f"PARTIAL REPORT ({why}); finished: {done}")
     for res in report["policies"]:
         if res.get("error"):
             rows.append(f"{res['spec'][:26]:26s} failed: {res['error']}")
@@ -184,6 +203,8 @@ def format_table(report: dict) -> str:
         if truth:
             rows.append(f"{'(true frames, critic ceiling)':26s} {'':>7s} {'':>6s} {'':>22s} {'':>24s} {'':>22s} "
                         f"{'':>24s} {_fmt_ci(truth['identity'], 3):>21s} {_fmt_ci(truth['identity_long'], 3):>21s}")
+    for nr in report.get("policies_not_run") or []:
+        rows.append(f"{nr['spec'][:26]:26s} not run: {nr['reason']}")
     rows += _pair_rows(report)
     if ok:
         rows += _by_lag_rows(ok, labels, "summary", "PSNR (dB) by lag bin, all generated frames, mean over episodes "

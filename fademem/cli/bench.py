@@ -153,12 +153,21 @@ def bench_speed(policies, seconds, full_max_frames, long_policies, long_seconds,
               help="A fademem spectrum report (spectrum.json): its suggested beta replaces beta=auto in --policies "
                    "(e.g. 'fademem,fademem:beta=auto' compares the paper's 0.3 with the measured one).")
 @click.option("--threads", default=None, type=int, help="torch.set_num_threads (CPU).")
+@click.option("--time-budget", default=None, type=float,
+              help="Seconds from the start: a policy is started only if forecast to fit (the largest measured time "
+                   "of a finished policy of the same name, else of the same kind, unbounded or bounded, else of any; "
+                   "the first always runs); skipped policies are listed in the report with the reason.")
 @click.option("--plot/--no-plot", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, dtype, weights, critic, out_dir, seed,
-                 steps, batch, scenes, long_lag_seconds, beta_from, threads, plot, progress):
+                 steps, batch, scenes, long_lag_seconds, beta_from, threads, time_budget, plot, progress):
     """Long-memory quality vs ground truth: true opening, then generation; PSNR/SSIM (and the critic's identity
-    score) on the frames after each revisit, by lag; every pair of policies compared (Holm-corrected)."""
+    score) on the frames after each revisit, by lag; every pair of policies compared (Holm-corrected).
+
+    After every finished policy memory.json and memory.txt are rewritten with the results so far ("partial":
+    true, "policies_finished", "policies_not_run"). On SIGINT (Ctrl-C, timeout -s INT) during a policy the
+    finished policies are reported ("interrupted" says when; memory.json, memory.txt, memory.png) and the
+    command exits with status 130."""
     import os
 
     import torch
@@ -178,23 +187,28 @@ def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, d
         scene_list = [int(v) for v in scenes.split(",") if v.strip()] or None
     except ValueError:
         raise click.BadParameter("expected comma-separated numbers", param_hint="--steps/--scenes") from None
+
+    def partial(rep):
+        path, _ = bm.write_outputs(rep, out_dir)
+        click.echo(f"partial report ({len(rep['policies_finished'])} policies finished): {path}")
+
     try:
         run = bm.MemoryRun(policies=specs, episodes=episodes, budget=budget, seconds=seconds,
                            opening_seconds=opening_seconds, device=device, dtype=dtype, weights=weights, seed=seed,
                            steps=step_list, batch=batch, scenes=scene_list, long_lag_seconds=long_lag_seconds,
-                           critic=critic, progress=progress)
+                           critic=critic, time_budget_s=time_budget, progress=progress)
         bm.validate(run)
-        report = bm.run_memory(run, log=click.echo)
+        report = bm.run_memory(run, log=click.echo, on_report=partial)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
-    os.makedirs(out_dir, exist_ok=True)
-    table = bm.format_table(report)
-    click.echo(f"wrote {bm.write_json(report, os.path.join(out_dir, 'memory.json'))}")
-    with open(os.path.join(out_dir, "memory.txt"), "w") as fh:
-        fh.write(table + "\n")
-    if plot:
+    path, table = bm.write_outputs(report, out_dir)
+    click.echo(f"wrote {path}")
+    if plot and any(r["error"] is None for r in report["policies"]):
         click.echo(f"wrote {bm.plot(report, os.path.join(out_dir, 'memory.png'))}")
     click.echo(table)
+    if report.get("interrupted"):
+        click.echo(f"interrupted: {report['interrupted']}; the report covers the finished policies", err=True)
+        raise SystemExit(130)
 
 
 @bench.command("fidelity")
