@@ -25,7 +25,7 @@ stamp "part 1: bench speed (variants, low memory)"
 # timeout -s INT: a part that overruns (a compile stuck in autotuning, say) is stopped and the bench
 # writes what finished (the interrupted variant records where it stopped)
 timeout -s INT -k 15 "$(until_ $(( LIMIT - 190 )))" python3 -m fademem.cli bench speed --policies "" \
-  --variants "eager+e2e,compile+e2e,fp8+compile+e2e,eager,compile,fp8+compile" \
+  --variants "eager+e2e,compile+e2e,compile+overlap,compile+vae=cl,fp8+compile+e2e,fp8+compile+vae=cl+overlap,eager,compile,fp8+compile,compile+sdpa=cudnn" \
   --variant-policy fademem:budget=12 --variant-seconds 9 --low-memory --low-memory-seconds 6 \
   --time-budget "$(budget $(( LIMIT - 195 )))" --no-plot --no-progress --out "$OUT/speed.json" >> "$LOG" 2>&1
 stamp "part 1 done (rc $?)"

@@ -291,12 +291,27 @@ def test_random_umt5_and_the_variants_and_low_memory_parts(tmp_path):
     assert (v.precision, v.compile, flags["e2e"]) == ("fp8", "default", True)
     with pytest.raises(ValueError, match="reduce-overhead"):
         sp._variant_setup(_setup(), "compile=reduce-overhead")
-    run = sp.SpeedRun(setup=_setup(), policies=[], variants=["eager+e2e", "eager"],
+    v, flags = sp._variant_parts(_setup(), "compile+vae=cl+overlap")
+    assert flags == {"e2e": True, "overlap": True, "vae_layout": "channels_last_3d"} and v.compile == "default"
+    with pytest.raises(ValueError, match="vae=<layout> takes cl"):
+        sp._variant_parts(_setup(), "vae=nhwc")
+    run = sp.SpeedRun(setup=_setup(), policies=[], variants=["eager+e2e", "eager", "overlap", "vae=cl"],
                       variant_policy="sink:budget=3,sink=1", variant_seconds=1.5, vae="tiny", low_memory=True,
                       low_memory_seconds=1.5, measure_peak=False,
                       progress=False)
     report = sp.run_speed(run, log=lambda *_: None)
-    e2e, dit = report["variants"]
+    e2e, dit, overlap, cl = report["variants"]
+    assert overlap["overlap_decode"] and overlap["end_to_end_decode"] and cl["vae_layout"] == "channels_last_3d"
+    assert overlap["frames_vs_first_e2e_variant"] == {"chunk_0_max_abs_diff": 0, "chunk_1_max_abs_diff": 0}
+    assert max(cl["frames_vs_first_e2e_variant"].values()) <= 1  # NDHWC convs: the same frames up to rounding
+    assert "frames_vs_first_e2e_variant" not in e2e and dit["vae_layout"] is None
+    from fademem.bench.speed_variants import _Decoders
+
+    decs = _Decoders(_setup(), "tiny")
+    kernels = [p for p in decs.get("channels_last_3d").vae.decoder.parameters() if p.dim() == 5]
+    assert kernels and all(k.is_contiguous(memory_format=torch.channels_last_3d) for k in kernels)
+    assert not any(p.is_contiguous(memory_format=torch.channels_last_3d) and not p.is_contiguous()
+                   for p in decs.get("contiguous").vae.decoder.parameters())  # the base decoder untouched
     assert e2e["end_to_end_decode"] and not dit["end_to_end_decode"]
     assert e2e["speedup_vs_first_variant"] == 1.0 and dit["speedup_vs_first_variant"] == 1.0  # one baseline each
     for res in (e2e, dit):

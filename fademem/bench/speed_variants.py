@@ -7,7 +7,9 @@ An FP8 variant where FP8 cannot run (no suitable GPU, no torchao) is skipped wit
 A variant is parts joined by '+': 'eager', 'compile' (= 'compile=default') or 'compile=<mode>',
 'fp8' (torchao float8 block linears, ``fademem.pipeline.fast``), 'graph' (CUDA-graph replay),
 'sdpa=<backend>', 'e2e' (streaming VAE decode of a random-weight Wan2.1 VAE, frames on the host;
-the decoder is compiled too under 'compile'). Examples: 'eager+e2e', 'compile+e2e', 'fp8+compile'.
+the decoder is compiled too under 'compile'), 'overlap' (end to end, each chunk decoded on a side CUDA
+stream beside the next chunk's DiT), 'vae=cl' (end to end, the decoder's weights channels_last_3d).
+Examples: 'eager+e2e', 'compile+e2e', 'fp8+compile', 'fp8+compile+overlap', 'compile+vae=cl'.
 
 Per variant the report has ``cold_start``: ``first_chunk_s`` (asking for the first chunk until it
 is there, frames on the host end to end: compile included), ``warmup_s`` (the warm-up chunks),
@@ -37,14 +39,24 @@ from fademem.pipeline.fast import COMPILE_MODES, Fp8Unavailable, apply_fp8, chec
 # relative L2 of one forward against eager in the model dtype: bf16 re-rounding of fused kernels, and
 # FP8 (e4m3, per-row scales) on every block linear (an emulation at 1.3B gives 1.8e-2)
 FORWARD_TOLERANCE = {"dtype": 2e-2, "fp8": 5e-2}
+# 'vae=cl': the VAE decoder's weights in channels_last_3d, so cuDNN may pick its NDHWC conv3d kernels
+VAE_LAYOUTS = {"cl": "channels_last_3d"}
 
 
 def _variant_parts(setup: SpeedSetup, name: str) -> tuple[SpeedSetup, dict]:
     changes: dict[str, Any] = {"sdpa": setup.sdpa, "compile": "none", "cuda_graph": False,
                                "precision": setup.precision}
-    flags = {"e2e": False}
+    flags = {"e2e": False, "overlap": False, "vae_layout": "contiguous"}
     for part in filter(None, name.split("+")):
         if part == "eager":
+            continue
+        if part == "overlap":  # end to end, the decode on a side stream beside the next chunk's DiT
+            flags.update(e2e=True, overlap=True)
+            continue
+        if part.startswith("vae="):
+            if part[4:] not in VAE_LAYOUTS:
+                raise ValueError(f"variant {name!r}: vae=<layout> takes {', '.join(VAE_LAYOUTS)}")
+            flags.update(e2e=True, vae_layout=VAE_LAYOUTS[part[4:]])
             continue
         if part == "graph":
             changes["cuda_graph"] = True
@@ -56,8 +68,8 @@ def _variant_parts(setup: SpeedSetup, name: str) -> tuple[SpeedSetup, dict]:
         if part == "compile":
             key, eq, val = "compile", "=", "default"
         if not eq or key not in ("sdpa", "compile"):
-            raise ValueError(f"variant {name!r}: parts are 'eager', 'graph', 'fp8', 'e2e', 'sdpa=<backend>', "
-                             "'compile' or 'compile=<mode>'")
+            raise ValueError(f"variant {name!r}: parts are 'eager', 'graph', 'fp8', 'e2e', 'overlap', 'vae=cl', "
+                             "'sdpa=<backend>', 'compile' or 'compile=<mode>'")
         if key == "sdpa" and val not in SDPA_BACKENDS:
             raise ValueError(f"variant {name!r}: SDPA backend must be one of {', '.join(SDPA_BACKENDS)}")
         if key == "compile":
@@ -90,6 +102,29 @@ def _forward_inputs(model, setup: SpeedSetup, text):
 def _one_forward(model, inputs) -> torch.Tensor:
     x, t, states = inputs
     return model(x, t, model.encode_text(states)).float().cpu()
+
+
+class _Decoders:
+    """The random-weight Wan VAE decoder per weight layout, built on first use (one set of weights)."""
+
+    def __init__(self, setup: SpeedSetup, which: str):
+        self.setup, self.which, self.by = setup, which, {}
+
+    def get(self, layout: str):
+        if layout not in self.by:
+            from fademem.bench.speed_e2e import build_random_vae
+
+            if "contiguous" not in self.by:
+                s = self.setup
+                self.by["contiguous"] = build_random_vae(s.device, s.torch_dtype(), self.which, s.seed)
+            if layout != "contiguous":
+                dec = copy.deepcopy(self.by["contiguous"])
+                fmt = getattr(torch, layout)
+                for p in dec.vae.decoder.parameters():  # the conv3d kernels (the only 5-d weights)
+                    if p.dim() == 5:
+                        p.data = p.data.contiguous(memory_format=fmt)
+                self.by[layout] = dec
+        return self.by[layout]
 
 
 class _Models:
@@ -140,13 +175,14 @@ def _run_variants(model, run, text, peak, budget: _Budget, skip, log, out: list[
     vframes = frames_for_seconds(run.variant_seconds, fpc)
     base: dict[bool, float] = {}
     ref: dict[int, torch.Tensor] = {}
+    ref_frames: dict[int, torch.Tensor] | None = None
     last = vframes // fpc - 1
     models = _Models(model, setup.precision)
     per_chunk_ms: dict[bool, float] = {}  # wall ms of a chunk, DiT only / end to end, as measured
     inputs = _forward_inputs(model, setup, text)
     ref_forward = _one_forward(model, inputs)  # eager, unconverted: what every fast path is checked against
     compiled_before: set[tuple[str, str]] = set()  # (compile mode, precision or 'decoder') compiled so far
-    decoder = None
+    decoders = _Decoders(setup, run.vae)
     fp8_missing: str | None = None  # why the FP8 variants cannot run here ('' once checked and fine)
     for name in run.variants:
         vs, flags = _variant_parts(setup, name)
@@ -168,25 +204,26 @@ def _run_variants(model, run, text, peak, budget: _Budget, skip, log, out: list[
             continue
         log(f"variant {name}: {run.variant_policy}, {vframes} latent frames")
         kept: dict[int, torch.Tensor] = {}
+        kept_frames: dict[int, torch.Tensor] = {}
 
-        def keep(chunk, kept=kept):
+        def keep(chunk, kept=kept, kept_frames=kept_frames):
             if chunk.index in (0, last):
                 kept[chunk.index] = chunk.latents.detach().float().cpu()
+                if chunk.frames is not None:
+                    kept_frames[chunk.index] = torch.as_tensor(chunk.frames).to("cpu", torch.int16)
 
         t0 = time.perf_counter()
-        keys = {(vs.compile, vs.precision)} | ({(vs.compile, "decoder")} if flags["e2e"] else set())
+        dec_key = (vs.compile, "decoder", flags["vae_layout"])
+        keys = {(vs.compile, vs.precision)} | ({dec_key} if flags["e2e"] else set())
         caches = None if vs.compile == "none" else ("warm" if keys <= compiled_before else "cold")
         check = None
         try:
-            if flags["e2e"] and decoder is None:
-                from fademem.bench.speed_e2e import build_random_vae
-
-                decoder = build_random_vae(setup.device, setup.torch_dtype(), run.vae, setup.seed)
+            dec = decoders.get(flags["vae_layout"]) if flags["e2e"] else None
             m = models.get(vs.precision)
-            dec = decoder if flags["e2e"] else None
             with RegionalCompile(m, vs.compile, decoder=dec):
                 res = run_policy(m, run.variant_policy, vframes, vs, text=text, peak_tflops=peak, label=name,
-                                 progress=False, deadline=budget.deadline, on_chunk=keep, decoder=dec)
+                                 progress=False, deadline=budget.deadline, on_chunk=keep, decoder=dec,
+                                 overlap_decode=flags["overlap"])
                 diff = rel_l2(_one_forward(m, inputs), ref_forward)
             tol = FORWARD_TOLERANCE[vs.precision]
             check = {"rel_l2_vs_eager": diff, "tolerance": tol, "ok": bool(diff <= tol),
@@ -206,6 +243,7 @@ def _run_variants(model, run, text, peak, budget: _Budget, skip, log, out: list[
         res["variant"] = name
         res["sdpa"], res["compile"], res["cuda_graph_enabled"] = vs.sdpa, vs.compile, vs.cuda_graph
         res["precision"], res["end_to_end_decode"] = vs.precision, flags["e2e"]
+        res["overlap_decode"], res["vae_layout"] = flags["overlap"], flags["vae_layout"] if flags["e2e"] else None
         res["setup_seconds_including_compile"] = time.perf_counter() - t0
         res["cold_start"] = {**_cold_start(res, vs.warmup), "caches": caches,
                              "prep_s": models.prep_s.get(vs.precision) if vs.precision != "dtype" else None}
@@ -216,6 +254,12 @@ def _run_variants(model, run, text, peak, budget: _Budget, skip, log, out: list[
         elif ref and kept:
             res["agreement_vs_first_variant"] = {
                 f"chunk_{i}_rel_l2": rel_l2(kept[i], ref[i]) for i in sorted(kept) if i in ref}
+        if s and kept_frames and ref_frames is None:
+            ref_frames = kept_frames
+        elif s and kept_frames:  # the decoded uint8 frames against the first end-to-end variant's
+            res["frames_vs_first_e2e_variant"] = {f"chunk_{i}_max_abs_diff": int((kept_frames[i] - ref_frames[i])
+                                                                                 .abs().max())
+                                                  for i in sorted(kept_frames) if i in ref_frames}
         if s and flags["e2e"] not in base:
             base[flags["e2e"]] = s["latency_ms_median"]
         if s:
@@ -235,5 +279,5 @@ def _run_variants(model, run, text, peak, budget: _Budget, skip, log, out: list[
                 + (f", graph {res['cuda_graph']}" if res.get("cuda_graph") else ""))
         else:
             log(f"  -> failed: {res['error']}")
-    del models, decoder
+    del models, decoders
     return out

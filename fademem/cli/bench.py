@@ -57,7 +57,9 @@ def bench() -> None:
                                              "fp8+compile,graph,sdpa=cudnn' (parts join with '+': eager, "
                                              "compile[=<mode>], fp8, graph = CUDA-graph replay of the denoising "
                                              "forwards, sdpa=<backend>, "
-                                             "e2e = with streaming VAE decode); each reports its cold start and a "
+                                             "e2e = with streaming VAE decode, overlap = end to end with the decode "
+                                             "on a side stream, vae=cl = end to end with a channels_last_3d "
+                                             "decoder); each reports its cold start and a "
                                              "per-forward check against eager; the first is the baseline.")
 @click.option("--variant-policy", default="fademem:budget=12", show_default=True)
 @click.option("--variant-seconds", default=15.0, show_default=True, type=float)
