@@ -257,7 +257,7 @@ def test_video_file_is_deterministic(tmp_path):
     (["--memory", "omnimem:block_h=7"], "block_h 7"),
     (["--memory", "compressor:weights=/nonexistent.safetensors"], "not found"),
     (["--switch", "soon:x"], "neither a latent frame"),
-    (["--lora", "x.pt"], "--lora is for a real generator"),
+    (["--lora", "x.pt"], "LoRA not found"),
 ])
 def test_usage_errors_exit_2(no_generation, tmp_path, args, match):
     res = gen("--device", "cpu", *args, out=tmp_path / "v.mp4")

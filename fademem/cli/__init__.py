@@ -1,7 +1,7 @@
 """The ``fademem`` command line: the click group ``main`` and one module per command group.
 
-``generate`` (fademem.cli.generate), ``train`` (fademem.cli.train), ``bench speed|memory``
-(fademem.cli.bench), ``spectrum`` and ``schedule`` (fademem.cli.analysis), ``train-compressor``
+``generate`` (fademem.cli.generate), ``train`` (fademem.cli.train), ``finetune`` (fademem.cli.finetune),
+``bench speed|memory`` (fademem.cli.bench), ``spectrum`` and ``schedule`` (fademem.cli.analysis), ``train-compressor``
 (fademem.cli.compressor), ``serve`` (fademem.cli.serve), ``eval score|run|report`` (fademem.cli.eval).
 Each command imports its heavy modules inside its function so ``fademem --help`` stays fast.
 """
@@ -14,6 +14,7 @@ from fademem.cli.analysis import schedule, spectrum
 from fademem.cli.bench import bench
 from fademem.cli.compressor import train_compressor
 from fademem.cli.eval import eval_group
+from fademem.cli.finetune import finetune_cmd
 from fademem.cli.generate import generate
 from fademem.cli.serve import serve
 from fademem.cli.train import train_cmd
@@ -27,6 +28,6 @@ def main() -> None:
     """Long-horizon autoregressive video diffusion under a fixed memory budget."""
 
 
-for _command in (spectrum, schedule, generate, train_cmd, bench, train_compressor, serve, eval_group):
+for _command in (spectrum, schedule, generate, train_cmd, finetune_cmd, bench, train_compressor, serve, eval_group):
     main.add_command(_command)
 del _command

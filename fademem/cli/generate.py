@@ -41,7 +41,8 @@ EMBEDDED_TEMPORAL_STRIDE = 1  # the embedded codec: one video frame per latent f
               help="Causal Wan generator (Self-Forcing, CausVid, LongLive, Wan or diffusers layout); with "
                    "--wan-dir. Without both, the embedded model shipped in the package runs.")
 @click.option("--lora", type=click.Path(), multiple=True,
-              help="Wan only: LoRA file merged into the generator (repeatable).")
+              help="LoRA merged into the generator at load (repeatable): a file or peft adapter directory for a Wan "
+                   "--checkpoint, or for the embedded model (e.g. `fademem finetune`'s output directory).")
 @click.option("--wan-dir", type=click.Path(), default=None,
               help="Wan only: Wan2.1 Diffusers directory with text_encoder/, tokenizer/ and vae/.")
 @click.option("--out", type=click.Path(dir_okay=False), default="video.mp4", show_default=True,
@@ -144,8 +145,9 @@ def generate(prompt, prompts_file, seconds, memory_spec, beta_from, checkpoint, 
         if checkpoint is None or wan_dir is None:
             raise click.UsageError("--checkpoint and --wan-dir go together (the generator, and the Wan2.1 "
                                    "text encoder + VAE it runs with)")
-    elif lora:
-        raise click.UsageError("--lora is for a real generator (--checkpoint); the embedded model takes none")
+    for p in lora:
+        if not os.path.exists(p):
+            raise click.BadParameter(f"LoRA not found: {p}", param_hint="--lora")
     for s in switch_specs:  # syntax now; frames once the model's fps is known
         try:
             parse_switch(s)
@@ -167,7 +169,7 @@ def generate(prompt, prompts_file, seconds, memory_spec, beta_from, checkpoint, 
         check_out_path(p)
     if is_embedded:
         _generate_embedded(prompts, seconds, memory_spec, paths, seed, switch_specs, dev, dtype, context_noise,
-                           weights, opening, height, width, run, start=start)
+                           weights, opening, height, width, run, start=start, lora=lora)
     else:
         _generate_wan(prompts, seconds, memory_spec, checkpoint, lora, wan_dir, paths, seed, switch_specs, dev,
                       dtype, height, width, context_noise, run, start=start, fast=fast)
@@ -330,9 +332,10 @@ def _load_embedded(weights, device, dtype):
 
 
 def _generate_embedded(prompts, seconds, memory_spec, paths, seed, switch_specs, device, dtype, context_noise,
-                       weights, opening, height, width, run, start=None):
+                       weights, opening, height, width, run, start=None, lora=()):
     """`fademem generate` with no checkpoint: the small model shipped in the package (CPU is fine).
-    ``start`` (--image / --video, a ``StartFrom``) gives the teacher-forced first chunks."""
+    ``start`` (--image / --video, a ``StartFrom``) gives the teacher-forced first chunks; ``lora``: LoRA
+    files / adapter directories merged into the DiT at load (``fademem finetune``'s)."""
     import dataclasses
 
     from fademem import embedded
@@ -352,11 +355,12 @@ def _generate_embedded(prompts, seconds, memory_spec, paths, seed, switch_specs,
                 bundle.text.tokenize([p])  # prompts outside the world's grammar fail before any work
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint=hint) from None
+    base = _merge_embedded_lora(bundle.model, lora)
     try:
-        model = generator_for_memory(bundle.model, memory_spec)  # what the policy declares, e.g. a LoRA
+        model = generator_for_memory(base, memory_spec)  # what the policy declares, e.g. a LoRA
     except (FileNotFoundError, ValueError) as e:
         raise click.BadParameter(str(e), param_hint="--memory") from None
-    if model is not bundle.model:
+    if model is not base:
         click.echo(f"memory {memory_spec}: the generator LoRA it declares (Memory.generator_adapter) is merged "
                    "into the embedded model", err=True)
     pipe = embedded_pipeline(dataclasses.replace(bundle, model=model), context_noise=context_noise)
@@ -371,10 +375,28 @@ def _generate_embedded(prompts, seconds, memory_spec, paths, seed, switch_specs,
         try:
             prefix = embedded.opening(bundle, [p], seed, min(opening, num_frames / fps)) if opening else start_prefix
             run.generate(pipe, p, num_frames, path, memory_spec, seed, switches, embedded.latent_shape(bundle.cfg),
-                         prefix=prefix, files=[weights or embedded.default_path()],
+                         prefix=prefix, files=[weights or embedded.default_path(), *lora],
                          cli=dict(kind="embedded", weights=weights and os.path.abspath(weights), opening=opening,
-                                  **_start_meta(start)))
+                                  lora=[os.path.abspath(x) for x in lora], **_start_meta(start)))
         except ValueError as e:
             raise click.ClickException(str(e)) from None
         _echo_used(pipe)
         click.echo(path)
+
+
+def _merge_embedded_lora(model, lora):
+    """The embedded DiT with the ``--lora`` adapters merged in order (a copy; the model itself without any)."""
+    if not lora:
+        return model
+    import copy
+
+    from fademem.wan.lora import load_lora
+
+    model = copy.deepcopy(model)
+    for path in lora:
+        try:
+            model = load_lora(model, path)
+        except ValueError as e:  # CheckpointError: not a LoRA, or one for another model
+            raise click.BadParameter(str(e), param_hint="--lora") from None
+        click.echo(f"LoRA {path} merged into the embedded model", err=True)
+    return model

@@ -203,4 +203,5 @@ def resume(ctx: click.Context, resume_path, state_path, every, stop_after) -> No
         _generate_wan(checkpoint=saved["checkpoint"], lora=saved["lora"], wan_dir=saved["wan_dir"], start=start_from,
                       **args)
     else:
-        _generate_embedded(weights=saved["weights"], opening=saved["opening"], start=start_from, **args)
+        _generate_embedded(weights=saved["weights"], opening=saved["opening"], start=start_from,
+                           lora=saved.get("lora") or (), **args)

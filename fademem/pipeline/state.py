@@ -160,7 +160,15 @@ def model_identity(model, files=()) -> dict[str, Any]:
 
 
 def file_identity(path) -> dict[str, Any]:
+    """Name, size and digest of a weights file; of a directory (a peft adapter: weights + config), of the files
+    directly in it together."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        parts = [file_identity(os.path.join(path, n)) for n in sorted(os.listdir(path))
+                 if os.path.isfile(os.path.join(path, n))]
+        digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+        return {"name": os.path.basename(os.path.normpath(path)), "size": sum(p["size"] for p in parts),
+                "digest": digest}
     size = os.path.getsize(path)
     h = hashlib.sha256()
     with open(path, "rb") as fh:
