@@ -223,3 +223,25 @@ def test_lora_directory_has_a_file_identity(tmp_path):
     assert a["name"] == "lora" and a["size"] == 12
     (d / "adapter_model.safetensors").write_bytes(b"y" * 10)
     assert file_identity(d)["digest"] != a["digest"]
+
+
+def test_resume_continues_from_the_saved_lora(tmp_path):
+    """Training across sessions: a second run loads the first run's LoRA (its rank and targets win) and
+    counts steps on; with a vanishing learning rate its saved LoRA is the first one's."""
+    from safetensors.torch import load_file
+
+    cfg = FinetuneConfig(memory=SPEC, rank=4, steps=3, lr=1e-2, warmup=1, batch=1, seconds=1.0, revisit_p=0.0,
+                         log_every=100)
+    finetune(cfg, tmp_path / "a", bundle=tiny_bundle(), log=lambda *_: None)
+    again = FinetuneConfig(memory=SPEC, rank=8, steps=2, lr=1e-12, warmup=1, batch=1, seconds=1.0, revisit_p=0.0,
+                           log_every=100, resume=str(tmp_path / "a"))
+    rec = finetune(again, tmp_path / "b", bundle=tiny_bundle(), log=lambda *_: None)
+    assert rec["rank"] == 4 and rec["steps_done"] == 2 and rec["steps_done_total"] == 5
+    assert rec["resumed_from"]["steps_done_total"] == 3 and [h["step"] for h in rec["history"]] == [3, 4]
+    a, b = load_file(str(tmp_path / "a" / "adapter_model.safetensors")), load_file(str(tmp_path / "b" /
+                                                                                       "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and any(float(t.abs().max()) > 0 for k, t in a.items() if "lora_B" in k)
+    assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
+    (tmp_path / "c").mkdir()
+    with pytest.raises(ValueError, match="not a LoRA directory"):
+        FinetuneConfig(memory=SPEC, resume=str(tmp_path / "c")).validate()

@@ -79,6 +79,8 @@ _frac = click.FloatRange(0, 1)
               help="Teacher classifier-free guidance [the student's recorded distillation guidance, else 1].")
 @click.option("--weights", default=None, type=click.Path(dir_okay=False),
               help="The generator bundle [the shipped embedded model].")
+@click.option("--resume", default=None, type=click.Path(file_okay=False),
+              help="Continue from a LoRA directory of an earlier run (its rank, alpha and targets; steps go on).")
 @click.option("--time-limit", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Stop (and save) after this many seconds.")
 @click.option("--log-every", default=10, show_default=True, type=_pos)
@@ -107,7 +109,7 @@ def finetune_cmd(**o):
                          seed=o["seed"], device=str(dev),
                          weights=o["weights"], teacher=o["teacher"], teacher_memory=o["teacher_memory"],
                          teacher_steps=o["teacher_steps"], guidance=o["guidance"], time_limit=o["time_limit"],
-                         log_every=o["log_every"])
+                         resume=o["resume"], log_every=o["log_every"])
     if targets is not None:  # a wrong name is a usage error, found on the model before any training
         from fademem.embedded import load
         from fademem.pipeline.finetune_lora import lora_targets

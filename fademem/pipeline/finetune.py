@@ -45,7 +45,7 @@ from fademem.embedded.train import TrainConfig, _lr, degrade, encode_frames, tar
 from fademem.embedded.world import detokenize
 from fademem.pipeline.build import embedded_pipeline
 from fademem.pipeline.finetune_data import CHUNK, EpisodeBatches, revisit_min_frames
-from fademem.pipeline.finetune_lora import LORA_PRESETS, add_lora, lora_targets, save_lora
+from fademem.pipeline.finetune_lora import LORA_PRESETS, add_lora, load_into, lora_targets, read_adapter, save_lora
 from fademem.wan.sampling import FlowSchedule
 
 
@@ -75,6 +75,7 @@ class FinetuneConfig:
     teacher_steps: int | None = None  # None: the student's recorded distillation setting, else the teacher's schedule
     guidance: float | None = None  # None: the student's recorded distillation guidance, else 1
     time_limit: float | None = None  # seconds
+    resume: str | None = None  # a LoRA directory of an earlier run: its weights, rank, alpha, targets; steps go on
     log_every: int = 10
     pool: int = 8  # WorldBatches' world pool (episodes draw fresh worlds; kept small)
 
@@ -109,6 +110,8 @@ class FinetuneConfig:
         for what, path in (("weights", self.weights), ("teacher", self.teacher)):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{what} file not found: {path}")
+        if self.resume is not None:
+            read_adapter(self.resume)  # ValueError when it is no LoRA directory of ours
 
 
 class _GuidedText:
@@ -243,11 +246,19 @@ def finetune(cfg: FinetuneConfig, out: str | Path, bundle: EmbeddedBundle | None
     model = bundle.model.eval()
     rank, alpha, names = cfg.lora()
     targets = lora_targets(model, names)
+    before: dict = {}
+    if cfg.resume is not None:  # across sessions: the saved LoRA's shape wins; AdamW's moments start afresh
+        saved, tensors = read_adapter(cfg.resume)
+        rank, alpha, targets = int(saved["r"]), float(saved["lora_alpha"]), list(saved["target_modules"])
+        before = saved.get("fademem") or {}
     tinfo = _teacher(cfg, bundle, teacher, device)
     pipe = memory_pipeline(bundle)
     n_hist = cfg.history_frames(bundle.cfg.fps)
     run_frames = CHUNK * math.ceil(cfg.run_seconds * bundle.cfg.fps / CHUNK - 1e-9) if cfg.run_seconds else 0
     params = add_lora(model, targets, rank, alpha)
+    if cfg.resume is not None:
+        load_into(model, tensors)
+    done = int(before.get("steps_done_total", before.get("steps_done", 0)))
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     sched = bundle.schedule
     sched_sigmas = torch.tensor(FlowSchedule(sched.steps, sched.shift).sigmas, device=device, dtype=torch.float32)
@@ -262,25 +273,31 @@ def finetune(cfg: FinetuneConfig, out: str | Path, bundle: EmbeddedBundle | None
         log(f"note: a history of {n_hist} frames is too short for revisit episodes (they need "
             f"{revisit_min_frames(bundle.cfg.fps)}); none are drawn")
     t0, history = time.time(), []
-    for step in range(cfg.steps):
+    for step in range(done, done + cfg.steps):  # step numbers go on; each run has its own warm-up and cosine
         if cfg.time_limit and time.time() - t0 > cfg.time_limit:
             break
         loss, what = step_loss(model, pipe, bundle.codec, next(data), cfg, gen, step, sched_sigmas=sched_sigmas,
                                teacher=tinfo, run_frames=run_frames)
         for g in opt.param_groups:
-            g["lr"] = _lr(step, time.time() - t0, cfg)
+            g["lr"] = _lr(step - done, time.time() - t0, cfg)  # fresh AdamW moments: warm up again
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         history.append({"step": step, "loss": float(loss.detach()), **what, "seconds": round(time.time() - t0, 2)})
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+        if step % cfg.log_every == 0 or step == done + cfg.steps - 1:
             h = history[-1]
             log(f"step {step:5d}  loss {h['loss']:.4f}  {h['kind']}:{h['n_ctx']}"
                 + (f"  level {h['level']}" if h["level"] is not None else "") + f"  {h['seconds']:.0f}s")
     record = {"finetune": {**asdict(cfg), "targets": list(cfg.targets) if cfg.targets else None},
               "objective": objective, "rank": rank, "alpha": alpha, "history_frames": n_hist,
               "steps_done": len(history), "seconds": round(time.time() - t0, 1), "history": history,
+              "steps_done_total": done + len(history),
+              "resumed_from": {"path": str(cfg.resume), "steps_done_total": done,
+                               "seconds_total": before.get("seconds_total", before.get("seconds"))}
+              if cfg.resume else None,
+              "seconds_total": round(time.time() - t0 + float(before.get("seconds_total", before.get("seconds")) or 0),
+                                     1),
               "schedule": json.loads(sched.to_json()) if isinstance(sched, SamplingSchedule) else None}
     save_lora(model, out, rank, alpha, targets, record)
     return record
