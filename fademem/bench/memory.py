@@ -35,7 +35,10 @@ the model is measured (the largest ``view()`` of layer 0) and reported next to t
 Never lost output: after every finished policy the report so far goes to ``on_report`` (the CLI writes
 memory.json/txt, ``"partial": true``); SIGINT during a policy ends the run with the finished policies
 reported (``"interrupted"``); ``time_budget_s`` skips policies forecast not to fit (``policies_not_run``).
-One policy: ``bench.memory_policy.run_policy``; the report: ``bench.memory_assemble.finish``.
+Cut episodes (``episodes_kind="cuts"``, ``bench.memory_cuts``): scene A, a hard cut to B inside the true
+opening, generation of B, a cut (prompt switch) back to A: A's return is scored (first ``budget`` frames, and
+every frame after it: ``after_return``). One policy: ``bench.memory_policy.run_policy``; the report:
+``bench.memory_assemble.finish``.
 
 The JSON, plot and table: ``bench.memory_report`` (re-exported here, as are the statistics).
 """
@@ -49,7 +52,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fademem.bench import memory_assemble, memory_critic, memory_policy
+from fademem.bench import memory_assemble, memory_critic, memory_cuts, memory_policy
 from fademem.bench.memory_episodes import Episode, make_episodes, revisit_episodes
 from fademem.bench.memory_policy import FRAMES_PER_CHUNK, watched_stack
 from fademem.bench.memory_report import bin_labels, format_table, plot, write_json, write_outputs
@@ -123,6 +126,8 @@ class MemoryRun:
     critic: str | None = None  # a world-critic file: identity score on revisit windows
     alpha: float = 0.05  # family-wise level of the pairwise comparisons (Holm)
     time_budget_s: float | None = None  # seconds from the start: a policy starts only if forecast to fit
+    episodes_kind: str = "revisit"  # "cuts": scene A, cut to B, cut back to A (bench.memory_cuts)
+    cut_seconds: Sequence[float] = memory_cuts.CUT_SECONDS  # cuts only: the two cut times (whole chunks)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -163,6 +168,10 @@ def validate(run: MemoryRun) -> list[tuple[str, str, str | None]]:
 
         if not os.path.isfile(run.critic):
             raise FileNotFoundError(f"--critic file not found: {run.critic}")
+    if run.episodes_kind not in ("revisit", "cuts"):
+        raise ValueError(f"--episodes-kind must be 'revisit' or 'cuts', got {run.episodes_kind!r}")
+    if run.episodes_kind == "cuts" and (run.critic is not None or run.scenes is not None):
+        raise ValueError("--episodes-kind cuts takes neither --critic nor --scenes")
     if not list(run.policies):
         raise ValueError("no policies given")
     resolved = [(p, *budget_spec(p, run.budget)) for p in run.policies]
@@ -193,7 +202,8 @@ def _truth(bundle, episodes, lags_all, num_frames, opening, budget):
     truth, latents, ceiling = [], [], []
     with torch.no_grad():
         for ep in episodes:
-            frames = torch.from_numpy(World(ep.prompt, ep.world_seed, cfg.frame_size, cfg.fps).render(num_frames))
+            frames = torch.from_numpy(ep.render(num_frames, cfg.frame_size, cfg.fps) if hasattr(ep, "render") else
+                                      World(ep.prompt, ep.world_seed, cfg.frame_size, cfg.fps).render(num_frames))
             truth.append(frames)
             z = codec.encode(frames[None])
             latents.append(z)
@@ -228,11 +238,22 @@ def run_memory(run: MemoryRun, log=print, on_report=None) -> dict:
         raise ValueError(f"the opening ({opening} frames) must be shorter than the video ({num_frames} frames)")
     pipe, steps, shift, steps_from = _pipelines(bundle, run.steps)
     long_lag = int(math.ceil(run.long_lag_seconds * fps))
-    episodes, lags_all, skipped = revisit_episodes(run.num_episodes(), run.seed, run.scenes, num_frames, opening,
-                                                   fps, size)
+    cuts = run.episodes_kind == "cuts"
+    if cuts:
+        c1, c2 = (_frames(c, fps, "--cuts") for c in run.cut_seconds)
+        episodes, lags_all, skipped = memory_cuts.cut_episodes(run.num_episodes(), run.seed, num_frames, opening,
+                                                               (c1, c2), fps, size)
+        run.extra["cut_frames"] = [c1, c2]
+    else:
+        episodes, lags_all, skipped = revisit_episodes(run.num_episodes(), run.seed, run.scenes, num_frames, opening,
+                                                       fps, size)
     for sk in skipped:
         log(f"skipped benchmark scene {sk['scene']}: {sk['reason']}")
     truth, latents, masks, ceiling = _truth(bundle, episodes, lags_all, num_frames, opening, run.budget)
+    extra_masks = None
+    if cuts:  # score A's return only: its first budget frames (revisit), and every frame after it
+        masks, after = memory_cuts.return_masks(episodes, lags_all, run.budget, opening, num_frames)
+        extra_masks = {"after_return": after}
     critic, critic_note = memory_critic.load(run.critic, device)
     span = critic.cfg.span if critic is not None else 0
     windows = [memory_critic.critic_windows(lg, opening, num_frames, span, run.budget) if critic else []
@@ -248,7 +269,8 @@ def run_memory(run: MemoryRun, log=print, on_report=None) -> dict:
     st = memory_policy.Setup(bundle=bundle, pipe=pipe, steps=steps, shift=shift, episodes=episodes, groups=groups,
                              latents=latents, truth=truth, latent_shape=embedded.latent_shape(cfg),
                              num_frames=num_frames, opening=opening, lags=[lg[opening:] for lg in lags_all],
-                             masks=masks, long_lag=long_lag, critic=critic, windows=windows, progress=run.progress)
+                             masks=masks, long_lag=long_lag, critic=critic, windows=windows, progress=run.progress,
+                             extra_masks=extra_masks)
     x = dict(num_frames=num_frames, opening=opening, groups=groups, steps=steps, shift=shift, steps_from=steps_from,
              environment=environment(device), t_start=t_start, critic=run.critic, critic_note=critic_note,
              critic_truth=None, windows=windows, lags_all=lags_all, skipped=skipped, ceiling=ceiling)

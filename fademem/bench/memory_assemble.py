@@ -117,6 +117,8 @@ def finish(run, st, results: list[dict], x: dict, progress: dict) -> dict:
                 "pairs": [[a, b] for i, (a, _) in enumerate(named) for b, _ in named[i + 1:]]}
     for key in ("psnr", "ssim"):
         pw[key] = pairwise(named, key, lags, long_lag, masks=masks, alpha=run.alpha)
+    for name, m in (st.extra_masks or {}).items():
+        pw[name] = {key: pairwise(named, key, lags, long_lag, masks=m, alpha=run.alpha) for key in ("psnr", "ssim")}
     if critic is not None:
         id_named = [(r["spec"], [e["identity"] for e in r["episodes"]]) for r in ok]
         id_lags = [np.asarray(e["identity"]["lags"], np.int64) for e in ok[0]["episodes"]] if ok else []

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from fademem.bench import memory_critic
+from fademem.bench import memory_critic, memory_cuts
 from fademem.bench.memory_stats import frame_metrics, summarise
 
 FRAMES_PER_CHUNK = 3
@@ -36,6 +36,7 @@ class Setup:
     critic: Any = None
     windows: list | None = None
     progress: bool = True
+    extra_masks: dict | None = None  # name -> masks: more summaries of the scored frames (cuts: after_return)
 
 
 def watched_stack(spec: str, num_layers: int):
@@ -85,7 +86,8 @@ def run_policy(st: Setup, requested: str, spec: str, note: str | None, log=print
                 run_pipe = pipe if model is bundle.model else VideoPipeline(
                     model, bundle.text, None, frames_per_chunk=FRAMES_PER_CHUNK, steps=st.steps, shift=st.shift)
             gen = run_pipe.generate(prompts, st.num_frames, memory=stack, seed=episodes[group[0]].noise_seed,
-                                    noise=noise, latent_shape=st.latent_shape, progress=False, prefix=prefix)
+                                    noise=noise, switches=memory_cuts.group_switches(episodes, group),
+                                    latent_shape=st.latent_shape, progress=False, prefix=prefix)
             with torch.no_grad():
                 for chunk in gen:
                     outs.append(codec.to_frames(chunk.latents.float()).cpu())
@@ -120,6 +122,8 @@ def run_policy(st: Setup, requested: str, spec: str, note: str | None, log=print
     if error is None:
         res["summary"] = summarise(per_ep, st.lags, st.long_lag)
         res["revisit"] = summarise(per_ep, st.lags, st.long_lag, masks=st.masks)
+        for name, m in (st.extra_masks or {}).items():
+            res[name] = summarise(per_ep, st.lags, st.long_lag, masks=m)
         if critic is not None:
             res["identity"] = memory_critic.summarise_identity(scored_id, st.long_lag)
         s, r = res["summary"], res["revisit"]

@@ -206,6 +206,10 @@ def format_table(report: dict) -> str:
     for nr in report.get("policies_not_run") or []:
         rows.append(f"{nr['spec'][:26]:26s} not run: {nr['reason']}")
     rows += _pair_rows(report)
+    if ok and "after_return" in ok[0]:
+        from fademem.bench.memory_cuts import table_rows
+
+        rows += table_rows(report)
     if ok:
         rows += _by_lag_rows(ok, labels, "summary", "PSNR (dB) by lag bin, all generated frames, mean over episodes "
                                                      "[n episodes]:")

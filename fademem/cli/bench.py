@@ -159,10 +159,17 @@ def bench_speed(policies, seconds, full_max_frames, long_policies, long_seconds,
               help="Seconds from the start: a policy is started only if forecast to fit (the largest measured time "
                    "of a finished policy of the same name, else of the same kind, unbounded or bounded, else of any; "
                    "the first always runs); skipped policies are listed in the report with the reason.")
+@click.option("--episodes-kind", default="revisit", show_default=True, type=click.Choice(["revisit", "cuts"]),
+              help="cuts: scene A, a hard cut to scene B inside the true opening, generated B, a cut (prompt switch) "
+                   "back to A resuming where it left; A's return is scored (bench.memory_cuts).")
+@click.option("--cuts", "cuts", default="3,12", show_default=True,
+              help="With --episodes-kind cuts: the two cut times in seconds (rounded up to whole chunks); the first "
+                   "inside the opening, the second after it.")
 @click.option("--plot/--no-plot", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, dtype, weights, critic, out_dir, seed,
-                 steps, batch, scenes, long_lag_seconds, beta_from, threads, time_budget, plot, progress):
+                 steps, batch, scenes, long_lag_seconds, beta_from, threads, time_budget, episodes_kind, cuts, plot,
+                 progress):
     """Long-memory quality vs ground truth: true opening, then generation; PSNR/SSIM (and the critic's identity
     score) on the frames after each revisit, by lag; every pair of policies compared (Holm-corrected).
 
@@ -187,8 +194,11 @@ def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, d
     try:
         step_list = tuple(float(v) for v in steps.split(",") if v.strip()) or None
         scene_list = [int(v) for v in scenes.split(",") if v.strip()] or None
+        cut_list = tuple(float(v) for v in cuts.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter("expected comma-separated numbers", param_hint="--steps/--scenes") from None
+        raise click.BadParameter("expected comma-separated numbers", param_hint="--steps/--scenes/--cuts") from None
+    if len(cut_list) != 2:
+        raise click.BadParameter(f"expected two cut times, got {cuts!r}", param_hint="--cuts")
 
     def partial(rep):
         path, _ = bm.write_outputs(rep, out_dir)
@@ -198,7 +208,8 @@ def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, d
         run = bm.MemoryRun(policies=specs, episodes=episodes, budget=budget, seconds=seconds,
                            opening_seconds=opening_seconds, device=device, dtype=dtype, weights=weights, seed=seed,
                            steps=step_list, batch=batch, scenes=scene_list, long_lag_seconds=long_lag_seconds,
-                           critic=critic, time_budget_s=time_budget, progress=progress)
+                           critic=critic, time_budget_s=time_budget, progress=progress, episodes_kind=episodes_kind,
+                           cut_seconds=cut_list)
         bm.validate(run)
         report = bm.run_memory(run, log=click.echo, on_report=partial)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
