@@ -245,3 +245,30 @@ def test_resume_continues_from_the_saved_lora(tmp_path):
     (tmp_path / "c").mkdir()
     with pytest.raises(ValueError, match="not a LoRA directory"):
         FinetuneConfig(memory=SPEC, resume=str(tmp_path / "c")).validate()
+
+
+def test_fademem_ft_is_a_policy_spec(tmp_path):
+    """FadeMem-FT as a policy: ``fademem:...,lora=DIR`` declares the fine-tune's LoRA, so every caller that runs
+    a policy (generate, bench memory, eval) merges it through ``generator_for_memory`` like ``--lora`` would."""
+    from fademem.memory import build_memory
+    from fademem.pipeline import generator_for_memory
+
+    b = tiny_bundle()
+    base = copy.deepcopy(b.model)
+    cfg = FinetuneConfig(memory=SPEC, rank=4, steps=2, lr=1e-2, warmup=1, batch=1, seconds=1.0, revisit_p=0.0,
+                         log_every=100)
+    finetune(cfg, tmp_path / "ft", bundle=b, log=lambda *_: None)
+    spec = f"{SPEC},lora={tmp_path / 'ft'}"
+    assert build_memory(spec).spec() == spec and generator_for_memory(base, SPEC) is base
+    ft, ref = generator_for_memory(base, spec), load_lora(copy.deepcopy(base), tmp_path / "ft")
+    x = torch.randn(1, b.cfg.channels, 3, b.cfg.latent_hw, b.cfg.latent_hw, generator=torch.Generator().manual_seed(2))
+    states = b.text.encode(["a small red circle drifting right over a plain blue background, camera is static"])
+    t = torch.full((1, 3), 500.0)
+    with torch.no_grad():
+        got, want, plain = ft(x, t, states), ref(x, t, states), base(x, t, states)
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, plain, atol=1e-6)
+    with pytest.raises(ValueError, match="lora must be a LoRA directory"):
+        build_memory(f"{SPEC},lora={tmp_path / 'missing'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not a LoRA adapter directory"):
+        build_memory(f"{SPEC},lora={tmp_path / 'empty'}").generator_adapter()

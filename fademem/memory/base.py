@@ -120,6 +120,26 @@ class GeneratorAdapter:
     alpha: float
     source: str
 
+    @classmethod
+    def from_peft_dir(cls, path: str) -> GeneratorAdapter:
+        """A peft LoRA adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``, as
+        ``fademem finetune`` and peft's ``save_pretrained`` write). ValueError naming what is missing."""
+        import json
+        import os
+
+        from safetensors.torch import load_file
+
+        cfg_path, w_path = os.path.join(path, "adapter_config.json"), os.path.join(path, "adapter_model.safetensors")
+        if not (os.path.isfile(cfg_path) and os.path.isfile(w_path)):
+            raise ValueError(f"lora={path}: not a LoRA adapter directory (needs adapter_config.json and "
+                             "adapter_model.safetensors, e.g. the output of `fademem finetune`)")
+        pairs: dict[str, dict[str, torch.Tensor]] = {}
+        for key, t in load_file(w_path).items():  # base_model.model.<module>.lora_A.weight
+            module, ab = key.removeprefix("base_model.model.").rsplit(".lora_", 1)
+            pairs.setdefault(module, {})[ab.split(".")[0]] = t
+        with open(cfg_path) as f:
+            return cls(pairs, float(json.load(f)["lora_alpha"]), path)
+
 
 @dataclass
 class Memory:

@@ -18,7 +18,8 @@ preset's: absolute for paper, compact for release; see *Long runs* below), ``spa
 paper, i.e. Algorithm 1's span weights, 0.5 for release), ``adaptive`` (``off``; ``cut``: consolidation
 that reacts to content -- a frame whose mean key is farther than ``cut_threshold`` in cosine
 distance from the previous frame's opens a new scene, and the pair straddling that cut never merges
-while another eligible pair remains; see ``fademem_cuts.py``).
+while another eligible pair remains; see ``fademem_cuts.py``), ``lora`` (FadeMem-FT: a LoRA directory from
+``fademem finetune``, declared through ``generator_adapter`` so callers merge it into the generator).
 
 Long runs (``for_run``): with ``positions`` unset, a generation session runs the paper preset in
 ``compact`` mode when the video is longer than the base model's trained window (the session's
@@ -48,13 +49,14 @@ frame write; no host-device sync.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
 
 from fademem.memory import fademem_schedule as fs
-from fademem.memory.base import ChunkQuery, Entry, Memory, MemoryView, SlotStore
+from fademem.memory.base import ChunkQuery, Entry, GeneratorAdapter, Memory, MemoryView, SlotStore
 from fademem.memory.fademem_cuts import CutDetector
 from fademem.memory.registry import build_memory, register
 from fademem.memory.slot_store import check_kv
@@ -76,6 +78,7 @@ class FadeMemMemory(Memory):
     span_gamma: float | None = None
     adaptive: Literal["off", "cut"] = "off"
     cut_threshold: float = 0.3
+    lora: str | None = None  # FadeMem-FT: a LoRA directory (`fademem finetune`) merged into the generator
 
     state_attrs: ClassVar[tuple[str, ...]] = ("schedule",)
 
@@ -123,6 +126,8 @@ class FadeMemMemory(Memory):
                                             or not isinstance(self.span_gamma, (int, float))
                                             or not 0.0 <= self.span_gamma < float("inf")):
             raise bad(f"span_gamma must be a finite number >= 0 (or None), got {self.span_gamma!r}")
+        if self.lora is not None and not os.path.isdir(str(self.lora)):
+            raise bad(f"lora must be a LoRA directory (`fademem finetune --out DIR`); {self.lora!r} is none")
         if self.adaptive not in ("off", "cut"):
             raise bad(f"adaptive must be off or cut; got {self.adaptive!r}")
         if (isinstance(self.cut_threshold, bool) or not isinstance(self.cut_threshold, (int, float))
@@ -132,6 +137,10 @@ class FadeMemMemory(Memory):
             raise bad(f"budget {self.budget} does not fit the compact {fs.WINDOW}-frame layout: it has "
                       f"{fs.FAR_GAPS} distinct gaps for older entries, so budget <= "
                       f"{fs.max_compact_budget(self.anchor)} with anchor={self.anchor}")
+
+    def generator_adapter(self) -> GeneratorAdapter | None:
+        """FadeMem-FT: the LoRA trained to read this memory (``lora=DIR``); None for training-free FadeMem."""
+        return None if self.lora is None else GeneratorAdapter.from_peft_dir(str(self.lora))
 
     def new_schedule(self) -> fs.Schedule:
         """The metadata schedule this policy runs (also used by ``fademem schedule``)."""
