@@ -114,31 +114,25 @@ class GeneratorAdapter:
     """What a policy needs changed in the generator it runs with, declared as data so that callers
     (``generate``, the benchmarks) merge it without knowing the policy: a LoRA trained to read this
     memory, as ``{module name: {"A": [r, in], "B": [out, r]}}`` with its ``alpha`` (merged as
-    ``W + alpha / r * B @ A``). ``source`` names where it came from (for error messages)."""
+    ``W + alpha / r * B @ A``), or, with ``lora`` None, the LoRA file or adapter directory at ``source``
+    (read by the generators' LoRA loader). ``source`` names where it came from (for error messages)."""
 
-    lora: dict[str, dict[str, torch.Tensor]]
-    alpha: float
+    lora: dict[str, dict[str, torch.Tensor]] | None
+    alpha: float | None
     source: str
 
     @classmethod
     def from_peft_dir(cls, path: str) -> GeneratorAdapter:
-        """A peft LoRA adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``, as
-        ``fademem finetune`` and peft's ``save_pretrained`` write). ValueError naming what is missing."""
-        import json
+        """The peft LoRA adapter directory at ``path`` (``adapter_config.json`` + ``adapter_model.safetensors``,
+        as ``fademem finetune`` and peft's ``save_pretrained`` write), to be read when merged. ValueError
+        naming what is missing."""
         import os
 
-        from safetensors.torch import load_file
-
-        cfg_path, w_path = os.path.join(path, "adapter_config.json"), os.path.join(path, "adapter_model.safetensors")
-        if not (os.path.isfile(cfg_path) and os.path.isfile(w_path)):
+        if not all(os.path.isfile(os.path.join(path, f)) for f in ("adapter_config.json",
+                                                                    "adapter_model.safetensors")):
             raise ValueError(f"lora={path}: not a LoRA adapter directory (needs adapter_config.json and "
                              "adapter_model.safetensors, e.g. the output of `fademem finetune`)")
-        pairs: dict[str, dict[str, torch.Tensor]] = {}
-        for key, t in load_file(w_path).items():  # base_model.model.<module>.lora_A.weight
-            module, ab = key.removeprefix("base_model.model.").rsplit(".lora_", 1)
-            pairs.setdefault(module, {})[ab.split(".")[0]] = t
-        with open(cfg_path) as f:
-            return cls(pairs, float(json.load(f)["lora_alpha"]), path)
+        return cls(None, None, path)
 
 
 @dataclass

@@ -112,10 +112,12 @@ def generator_for_memory(model, memory):
     import copy
 
     from fademem.memory import build_memory
-    from fademem.wan.lora import merge_lora_pairs
+    from fademem.wan.lora import load_lora, merge_lora_pairs
 
     mem = build_memory(memory) if isinstance(memory, str) else memory
     adapter = mem.generator_adapter()
     if adapter is None:
         return model
+    if adapter.lora is None:  # a LoRA file / adapter directory: the loader `generate --lora` uses
+        return load_lora(copy.deepcopy(model), adapter.source)
     return merge_lora_pairs(copy.deepcopy(model), adapter.lora, {"lora_alpha": adapter.alpha}, source=adapter.source)

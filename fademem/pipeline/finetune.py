@@ -45,7 +45,15 @@ from fademem.embedded.train import TrainConfig, _lr, degrade, encode_frames, tar
 from fademem.embedded.world import detokenize
 from fademem.pipeline.build import embedded_pipeline
 from fademem.pipeline.finetune_data import CHUNK, EpisodeBatches, revisit_min_frames
-from fademem.pipeline.finetune_lora import LORA_PRESETS, add_lora, load_into, lora_targets, read_adapter, save_lora
+from fademem.pipeline.finetune_lora import (
+    LORA_PRESETS,
+    add_lora,
+    check_adapter_dir,
+    load_into,
+    lora_targets,
+    read_adapter,
+    save_lora,
+)
 from fademem.wan.sampling import FlowSchedule
 
 
@@ -111,7 +119,7 @@ class FinetuneConfig:
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{what} file not found: {path}")
         if self.resume is not None:
-            read_adapter(self.resume)  # ValueError when it is no LoRA directory of ours
+            check_adapter_dir(self.resume)  # ValueError when it is no LoRA directory of ours
 
 
 class _GuidedText:
@@ -248,7 +256,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path, bundle: EmbeddedBundle | None
     targets = lora_targets(model, names)
     before: dict = {}
     if cfg.resume is not None:  # across sessions: the saved LoRA's shape wins; AdamW's moments start afresh
-        saved, tensors = read_adapter(cfg.resume)
+        saved, pairs = read_adapter(cfg.resume)
         rank, alpha, targets = int(saved["r"]), float(saved["lora_alpha"]), list(saved["target_modules"])
         before = saved.get("fademem") or {}
     tinfo = _teacher(cfg, bundle, teacher, device)
@@ -257,7 +265,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path, bundle: EmbeddedBundle | None
     run_frames = CHUNK * math.ceil(cfg.run_seconds * bundle.cfg.fps / CHUNK - 1e-9) if cfg.run_seconds else 0
     params = add_lora(model, targets, rank, alpha)
     if cfg.resume is not None:
-        load_into(model, tensors)
+        load_into(model, pairs)
     done = int(before.get("steps_done_total", before.get("steps_done", 0)))
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     sched = bundle.schedule

@@ -95,25 +95,29 @@ def save_lora(model: nn.Module, out: str | Path, rank: int, alpha: float, target
     return out
 
 
-def read_adapter(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(adapter_config.json, tensors) of a LoRA directory ``save_lora`` wrote; ValueError naming what is wrong."""
-    from safetensors.torch import load_file
-
+def check_adapter_dir(path: str | Path) -> Path:
+    """``path`` when it holds a LoRA directory's two files (nothing read); ValueError otherwise."""
     path = Path(path)
     if not (path / ADAPTER_CONFIG).is_file() or not (path / ADAPTER_WEIGHTS).is_file():
         raise ValueError(f"{path} is not a LoRA directory of `fademem finetune` (needs {ADAPTER_CONFIG} and "
                          f"{ADAPTER_WEIGHTS})")
-    return json.loads((path / ADAPTER_CONFIG).read_text()), load_file(str(path / ADAPTER_WEIGHTS))
+    return path
 
 
-def load_into(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy a saved LoRA's A/B tensors into the LoRA ``add_lora`` injected into ``model`` (same targets and
+def read_adapter(path: str | Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """(adapter_config.json, ``{module: {"A", "B"}}``) of a LoRA directory ``save_lora`` wrote, read by the
+    generators' LoRA reader (``fademem.wan.lora.read_lora``)."""
+    from fademem.wan.lora import read_lora
+
+    pairs, config = read_lora(check_adapter_dir(path))
+    return config, pairs
+
+
+def load_into(model: nn.Module, pairs: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Copy a saved LoRA's A/B pairs into the LoRA ``add_lora`` injected into ``model`` (same targets and
     rank); ValueError when they do not match exactly."""
     own = {n: p for n, p in model.named_parameters() if "lora_" in n}
-    want = {}
-    for key, t in tensors.items():  # base_model.model.<module>.lora_A.weight -> <module>.lora_A.default.weight
-        module, ab = key.removeprefix("base_model.model.").rsplit(".lora_", 1)
-        want[f"{module}.lora_{ab.split('.')[0]}.default.weight"] = t
+    want = {f"{module}.lora_{ab}.default.weight": t for module, d in pairs.items() for ab, t in d.items()}
     if set(want) != set(own):
         missing, extra = sorted(set(own) - set(want))[:3], sorted(set(want) - set(own))[:3]
         raise ValueError(f"the saved LoRA does not match the one being trained (missing {missing}, extra {extra})")
@@ -124,5 +128,5 @@ def load_into(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
             p.copy_(want[name].to(p.device, p.dtype))
 
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "LORA_PRESETS", "add_lora", "block_linears", "load_into",
-           "lora_pairs", "lora_targets", "read_adapter", "save_lora"]
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "LORA_PRESETS", "add_lora", "block_linears", "check_adapter_dir",
+           "load_into", "lora_pairs", "lora_targets", "read_adapter", "save_lora"]
