@@ -85,26 +85,16 @@ def cut_pair(seed: int):
 def cut_lags(ep: CutEpisode, num_frames: int, size: int = 64, fps: float = 8) -> np.ndarray:
     """[T] revisit lag over the episode's timeline (``world.last_seen``'s rule, lower median over pixels);
     each world keeps its own record of what was seen when, in episode frames."""
-    from fademem.embedded.world.revisit import _step
+    from fademem.embedded.world.revisit import SeenTracker
 
-    ws = ep.worlds(size, fps)
-    state = [[np.full((w.size, w.world_px), -1, np.int64), np.zeros((w.size, w.world_px), np.int64),
-              np.full(w.num_entities, -1, np.int64), np.zeros(w.num_entities, np.int64)] for w in ws]
+    trackers = [SeenTracker(w, "revisit") for w in ep.worlds(size, fps)]
     out = np.empty(num_frames, np.int64)
     mid = (size * size - 1) // 2
     t = 0
     for wi, start, n in ep.segments(num_frames):
-        w, (last_bg, run_bg, last_ent, run_ent) = ws[wi], state[wi]
         for u in range(start, start + n):
-            _, top, cam = w.layers_at(u)
-            cols = (cam + np.arange(w.size)) % w.world_px
-            v_bg, last_bg[:, cols], run_bg[:, cols] = _step(last_bg[:, cols], run_bg[:, cols], top == -1, t, "revisit")
-            vis = np.array([(top == k).any() for k in range(w.num_entities)], bool)
-            v_ent, last_ent, run_ent = _step(last_ent, run_ent, vis, t, "revisit")
-            value = np.where(top == -1, v_bg, np.append(v_ent, 0)[top])
-            out[t] = np.partition(value.ravel(), mid)[mid]
+            out[t] = np.partition(trackers[wi].step(u, t).ravel(), mid)[mid]
             t += 1
-        state[wi] = [last_bg, run_bg, last_ent, run_ent]
     return out
 
 

@@ -53,6 +53,28 @@ def _step(last: np.ndarray, run: np.ndarray, vis: np.ndarray, t: int, mode: str)
     return (since if mode == "since" else run), last, run
 
 
+class SeenTracker:
+    """What of one world has been on screen, and since when: ``step(u, t)`` shows the world's frame ``u`` at
+    timeline frame ``t`` (``u == t`` for a plain video; a timeline that cuts between worlds keeps one
+    tracker per world) and returns that frame's per-pixel lag [H, W] (see the module doc)."""
+
+    def __init__(self, world: World, mode: str = "revisit"):
+        self.world, self.mode, n = world, mode, world.num_entities
+        self.last_bg = np.full((world.size, world.world_px), -1, np.int64)
+        self.run_bg = np.zeros_like(self.last_bg)
+        self.last_ent, self.run_ent = np.full(n, -1, np.int64), np.zeros(n, np.int64)
+
+    def step(self, u: int, t: int) -> np.ndarray:
+        w = self.world
+        _, top, cam = w.layers_at(u)
+        cols = (cam + np.arange(w.size)) % w.world_px
+        value_bg, self.last_bg[:, cols], self.run_bg[:, cols] = _step(self.last_bg[:, cols], self.run_bg[:, cols],
+                                                                      top == -1, t, self.mode)
+        ent_vis = np.array([(top == k).any() for k in range(w.num_entities)], bool)
+        value_ent, self.last_ent, self.run_ent = _step(self.last_ent, self.run_ent, ent_vis, t, self.mode)
+        return np.where(top == -1, value_bg, np.append(value_ent, 0)[top])  # top=-1 picks the pad
+
+
 def last_seen(scene: Scene, seed: int, num_frames: int, size: int = 64, fps: float = 8,
               per_pixel: bool = False, mode: str = "revisit", reduce: str = "median"):
     """Per-frame lag [T] int64 (lower median, or max, over pixels of the per-pixel lag; see module doc).
@@ -65,20 +87,13 @@ def last_seen(scene: Scene, seed: int, num_frames: int, size: int = 64, fps: flo
     if reduce not in ("median", "max"):
         raise ValueError(f"reduce must be 'median' or 'max', got {reduce!r}")
     world = World(scene, seed, size, fps)
-    S, n = world.size, world.num_entities
-    last_bg = np.full((S, world.world_px), -1, np.int64)
-    run_bg = np.zeros_like(last_bg)
-    last_ent, run_ent = np.full(n, -1, np.int64), np.zeros(n, np.int64)
+    S = world.size
+    seen = SeenTracker(world, mode)
     per_frame = np.empty(num_frames, np.int64)
     maps = np.empty((num_frames, S, S), np.int32) if per_pixel else None
     mid = (S * S - 1) // 2
     for t in range(num_frames):
-        _, top, cam = world.layers_at(t)
-        cols = (cam + np.arange(S)) % world.world_px
-        value_bg, last_bg[:, cols], run_bg[:, cols] = _step(last_bg[:, cols], run_bg[:, cols], top == -1, t, mode)
-        ent_vis = np.array([(top == k).any() for k in range(n)], bool)
-        value_ent, last_ent, run_ent = _step(last_ent, run_ent, ent_vis, t, mode)
-        value = np.where(top == -1, value_bg, np.append(value_ent, 0)[top])  # top=-1 picks the pad
+        value = seen.step(t, t)
         per_frame[t] = np.partition(value.ravel(), mid)[mid] if reduce == "median" else value.max()
         if per_pixel:
             maps[t] = value
