@@ -2,6 +2,7 @@
 # Issue 21 (FadeMem-FT) on one H200, two device calls (hard limit 600 s each).
 #   bash benchmarks/issue21_gpu.sh train   # fine-tune (or continue: --resume) the LoRA for ~480 s
 #   bash benchmarks/issue21_gpu.sh bench   # FT vs training-free FadeMem, sink, full, window: bench memory v2
+#   bash benchmarks/issue21_gpu.sh round   # both in one call: train ISSUE21_SECONDS (300), then FT vs TF only
 # The LoRA lives in training/embedded_v2/ft_lora (commit it after each train call; it comes back in $OUT).
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 OUT=${OUT:-out/issue21}
@@ -20,5 +21,16 @@ case "$1" in
       --policies "fademem,fademem:budget=12,lora=$LORA,sink,full,window" --out "$OUT/memory" 2>&1 \
       | tee "$OUT/bench.log" | grep -v "^skipped benchmark scene"
     ;;
-  *) echo "usage: $0 train|bench" >&2; exit 2 ;;
+  round)
+    RESUME=(); [ -f "$LORA/adapter_config.json" ] && RESUME=(--resume "$LORA")
+    timeout -s INT -k 15 $(( ${ISSUE21_SECONDS:-300} + 60 )) python3 -m fademem.cli finetune --device cuda \
+      --memory fademem:budget=12 --teacher training/embedded_v2/teacher.safetensors --steps 100000 \
+      --time-limit "${ISSUE21_SECONDS:-300}" --batch 8 --seconds 16 --revisit-p 0.6 --log-every 25 "${RESUME[@]}" \
+      --out "$OUT/ft_lora" 2>&1 | tee "$OUT/train.log"
+    timeout -s INT -k 15 "${ISSUE21_BENCH_LIMIT:-170}" python3 -m fademem.cli bench memory --device cuda \
+      --critic training/embedded_v2/critic.safetensors --episodes 48 --seconds 60 --no-progress \
+      --policies "fademem,fademem:budget=12,lora=$OUT/ft_lora" --out "$OUT/memory" 2>&1 \
+      | tee "$OUT/bench.log" | grep -v "^skipped benchmark scene"
+    ;;
+  *) echo "usage: $0 train|bench|round" >&2; exit 2 ;;
 esac
