@@ -61,13 +61,61 @@ def _arr(values) -> np.ndarray:
     return np.array([v if v is not None else np.nan for v in values], float)
 
 
+MIN_BAND_EPISODES = 3  # a 95% t interval over fewer episodes is too wide to read (t=12.7 at n=2): no band drawn
+
+
+def _valid_range(key: str, cfg: dict) -> tuple[float, float]:
+    """The values a metric can take: identity is a fraction, SSIM at most 1, PSNR at most its cap."""
+    if key == "identity":
+        return 0.0, 1.0
+    if key == "ssim":
+        return -1.0, 1.0
+    cap = cfg.get("psnr_cap_db")
+    return 0.0, float(cap) if cap is not None else math.inf
+
+
+def band(b: dict, key: str, cfg: dict, min_n: int = MIN_BAND_EPISODES) -> tuple[np.ndarray, np.ndarray]:
+    """The CI band a bin draws: its (low, high) clipped to the metric's valid range; NaN (no band) where the
+    bin has fewer than ``min_n`` episodes."""
+    lo_v, hi_v = _valid_range(key, cfg)
+    low, high = np.clip(_arr(b["low"]), lo_v, hi_v), np.clip(_arr(b["high"]), lo_v, hi_v)
+    n = np.array(b.get("n_episodes") or [min_n] * len(low), float)
+    few = n < min_n
+    low[few], high[few] = np.nan, np.nan
+    return low, high
+
+
+def y_limits(key: str, cfg: dict, means: list[np.ndarray], bands: list[np.ndarray]) -> tuple[float, float]:
+    """Axis limits from the data: every mean is shown; bands may widen the axis by at most half the means'
+    span on each side (one wide interval cannot swamp the panel; beyond that it is cut at the frame). SSIM
+    and identity show their whole [0, 1]."""
+    m = np.concatenate([a[np.isfinite(a)] for a in means] + [np.zeros(0)])
+    bv = np.concatenate([a[np.isfinite(a)] for a in bands] + [np.zeros(0)])
+    if key in ("ssim", "identity"):
+        lo = min(0.0, float(m.min())) if m.size else 0.0
+        return lo - 0.04, 1.04
+    if not m.size:
+        return 0.0, 1.0
+    span = max(float(m.max() - m.min()), 1.0)
+    lo, hi = float(m.min()), float(m.max())
+    if bv.size:
+        lo, hi = max(min(lo, float(bv.min())), lo - span / 2), min(max(hi, float(bv.max())), hi + span / 2)
+    lo_v, hi_v = _valid_range(key, cfg)
+    lo, hi = max(lo, lo_v), min(hi, hi_v)
+    pad = 0.04 * (hi - lo)
+    return lo - pad, hi + pad
+
+
 def plot(report: dict, path: str) -> str:
     """Quality against lag bin, one line per policy: revisit-aligned PSNR, SSIM (and the critic's identity
-    score) with 95% CI bands (solid), all generated frames (dashed); the legend sits right of the axes."""
+    score) with 95% CI bands (solid), all generated frames (dashed). Bands are clipped to the metric's valid
+    range and left out for bins of fewer than ``MIN_BAND_EPISODES`` episodes (hollow marker there); the
+    legend sits below the axes, every label whole."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     cfg = report["config"]
     edges = [e if e is not None else math.inf for e in cfg["lag_edges_frames"]]
@@ -78,37 +126,59 @@ def plot(report: dict, path: str) -> str:
     panels = [("psnr", "PSNR vs truth (dB)"), ("ssim", "SSIM vs truth")]
     if ok and "identity" in ok[0]:
         panels.append(("identity", "critic identity score\n(colour/shape/size)"))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(12, 3.3 * len(panels) + 1), sharex=True, squeeze=False)
+    names = [f"{r['spec']} (visible {r['visible_history_frames_max']})" if not r.get("unbounded")
+             else f"{r['label']} (unbounded)" for r in ok]
+    ncol = max(1, min(len(names), 3 if max(map(len, names), default=0) <= 60 else 2))
+    legend_in = 0.2 * math.ceil((len(names) + 2) / ncol) + 0.15  # legend rows below the plots (+2 key entries)
+    height = 3.3 * len(panels) + 1 + legend_in
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, height), sharex=True, squeeze=False)
     axes = axes[:, 0]
     x = np.arange(len(labels))
     handles = []
-    for res in ok:
-        name = f"{res['spec']} (visible {res['visible_history_frames_max']})" if not res.get("unbounded") \
-            else f"{res['label']} (unbounded)"
+    seen = {key: ([], []) for key, _ in panels}
+    for res, name in zip(ok, names):
         for k, (ax, (key, _)) in enumerate(zip(axes, panels)):
             src = res["identity"] if key == "identity" else res.get("revisit", res["summary"])
             b = src[f"{key}_by_lag"]
-            line, = ax.plot(x, _arr(b["mean"]), marker="o", lw=1.6, label=name)
-            ax.fill_between(x, _arr(b["low"]), _arr(b["high"]), color=line.get_color(), alpha=0.15)
+            mean = _arr(b["mean"])
+            line, = ax.plot(x, mean, marker="o", lw=1.6, label=name)
+            low, high = band(b, key, cfg)
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.12, lw=0)
+            few = np.isfinite(mean) & ~np.isfinite(low)
+            if few.any():  # a mean without a band: hollow marker
+                ax.plot(x[few], mean[few], ls="none", marker="o", color=line.get_color(), mfc="white", mew=1.4)
+            seen[key][0].append(mean)
+            seen[key][1].extend([low, high])
             if key != "identity" and "revisit" in res:
-                ax.plot(x, _arr(res["summary"][f"{key}_by_lag"]["mean"]), ls="--", lw=1.0, color=line.get_color(),
-                        alpha=0.7)
+                dashed = _arr(res["summary"][f"{key}_by_lag"]["mean"])
+                ax.plot(x, dashed, ls="--", lw=1.0, color=line.get_color(), alpha=0.7)
+                seen[key][0].append(dashed)
             if k == 0:
                 handles.append(line)
     for ax, (key, ylabel) in zip(axes, panels):
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if key in ("ssim", "identity"):
-            ax.set_ylim(-0.05, 1.05)  # t intervals over few episodes can reach past the range
+        ax.set_ylim(*y_limits(key, cfg, *seen[key]))
+        if key == "identity":  # the critic scores one window per revisit: its own episode counts per bin
+            for xi, n in enumerate(ok[0]["identity"]["identity_by_lag"].get("n_episodes") or []):
+                ax.text(xi, 0.02, f"n={n}", transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                        fontsize=7, color="0.35")
     axes[0].set_title(f"Memory benchmark: {len(report['episodes'])} episodes, {cfg['latent_frames'] / cfg['fps']:g} s, "
                       f"true opening {cfg['opening_frames'] / cfg['fps']:g} s, budget {cfg['budget']} frames.\nSolid: "
-                      f"first {cfg['budget']} frames after each revisit (95% CI band over episodes); dashed: all "
-                      "generated frames", fontsize=9)
+                      f"first {cfg['budget']} frames after each revisit; dashed: all generated frames. Bands: 95% t CI "
+                      f"over episodes, clipped to the metric's range;\nnone (hollow marker) where a bin has < "
+                      f"{MIN_BAND_EPISODES} episodes. n under the axis: episodes per bin (PSNR/SSIM); identity panel: "
+                      "its own n", fontsize=9)
     axes[-1].set_xticks(x, labels, fontsize=8)
     axes[-1].set_xlabel("lag: time since the revisited content was last seen (world.last_seen, mode revisit)")
-    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.8, 0.95), fontsize=8, frameon=True)
-    fig.tight_layout(rect=(0, 0, 0.79, 1))
-    fig.savefig(path, dpi=110)
+    handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="0.3", label=f"no band (n < "
+                          f"{MIN_BAND_EPISODES} episodes)"))
+    handles.append(Line2D([], [], ls="--", color="0.3", label="all generated frames (dashed)"))
+    fig.tight_layout(rect=(0, legend_in / height, 1, 1))
+    below = axes[-1].get_tightbbox(fig.canvas.get_renderer()).transformed(fig.transFigure.inverted()).y0
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, below - 0.005), ncol=ncol, fontsize=8,
+               frameon=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # "tight": nothing drawn is cut at the figure's edge
     plt.close(fig)
     return path
 
