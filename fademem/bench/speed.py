@@ -30,7 +30,8 @@ would not cover it:
   stays flat at a fifth of the cost;
 * the policy sweep (``policies`` at ``seconds``, every chunk timed unless ``timed_every_s``);
 * end to end (``bench.speed_e2e``): the same pipeline with a random-weight Wan2.1 VAE streaming
-  the decode, with and without decoding on a side stream overlapped with the next chunk;
+  the decode, with and without decoding on a side stream overlapped with the next chunk (compiled
+  on CUDA with the channels-last decoder, as ``fademem generate`` runs there);
 * variants of one policy: SDPA backends, regional torch.compile, the FP8 mode, CUDA-graph replay of
   the denoising forwards, DiT only or end to end, each compared with the first variant's latents
   (agreement), with its cold-start cost and a per-forward check against eager (``speed_variants``);

@@ -50,8 +50,12 @@ def _quantile(xs: Sequence[float], q: float) -> float:
 
 
 def summarise(chunks: list[dict], warmup: int, frames_per_chunk: int, peak_tflops: float | None) -> dict:
-    """Steady-state statistics over the timed chunks after chunk index ``warmup``."""
+    """Steady-state statistics over the timed chunks after chunk index ``warmup``. A chunk marked ``drain``
+    (end to end with the overlapped decode: the last chunk's yield is only the wait for its decode, its
+    DiT ran in the previous yield) is left out and reported alone as ``drain_ms``."""
     timed = [c for c in chunks if c.get("latency_ms") is not None]
+    drained = [c for c in timed if c.get("drain")]
+    timed = [c for c in timed if not c.get("drain")]
     steady = [c for c in timed if c["index"] >= warmup] or timed[1:] or timed
     if not steady:
         return {}
@@ -73,6 +77,8 @@ def summarise(chunks: list[dict], warmup: int, frames_per_chunk: int, peak_tflop
     }
     out["fraction_of_peak"] = (out["achieved_tflops"] / peak_tflops
                                if peak_tflops and out["achieved_tflops"] else None)
+    if drained:
+        out["drain_ms"] = drained[-1]["latency_ms"]
     # flatness: last quarter against the first steady quarter (bounded policies: ~1.0)
     q = max(1, len(steady) // 4)
     out["latency_ratio_last_vs_first_quarter"] = statistics.median(lat[-q:]) / statistics.median(lat[:q])

@@ -34,12 +34,20 @@ from fademem.bench.speed_budget import _Budget
 from fademem.bench.speed_device import SDPA_BACKENDS, RegionalCompile
 from fademem.bench.speed_policy import SpeedSetup, rel_l2, run_policy
 from fademem.bench.speed_stats import frames_for_seconds
-from fademem.pipeline.fast import COMPILE_MODES, Fp8Unavailable, apply_fp8, check_compile_mode, check_fp8
+from fademem.pipeline.fast import (
+    COMPILE_MODES,
+    Fp8Unavailable,
+    apply_fp8,
+    check_compile_mode,
+    check_fp8,
+    decoder_channels_last,
+)
 
 # relative L2 of one forward against eager in the model dtype: bf16 re-rounding of fused kernels, and
 # FP8 (e4m3, per-row scales) on every block linear (an emulation at 1.3B gives 1.8e-2)
 FORWARD_TOLERANCE = {"dtype": 2e-2, "fp8": 5e-2}
 # 'vae=cl': the VAE decoder's weights in channels_last_3d, so cuDNN may pick its NDHWC conv3d kernels
+# (fademem.pipeline.fast.decoder_channels_last, what fademem generate does on CUDA when compiling)
 VAE_LAYOUTS = {"cl": "channels_last_3d"}
 
 
@@ -117,12 +125,9 @@ class _Decoders:
             if "contiguous" not in self.by:
                 s = self.setup
                 self.by["contiguous"] = build_random_vae(s.device, s.torch_dtype(), self.which, s.seed)
-            if layout != "contiguous":
+            if layout != "contiguous":  # channels_last_3d: the conv3d kernels, as fademem generate does
                 dec = copy.deepcopy(self.by["contiguous"])
-                fmt = getattr(torch, layout)
-                for p in dec.vae.decoder.parameters():  # the conv3d kernels (the only 5-d weights)
-                    if p.dim() == 5:
-                        p.data = p.data.contiguous(memory_format=fmt)
+                decoder_channels_last(dec)
                 self.by[layout] = dec
         return self.by[layout]
 

@@ -32,7 +32,8 @@ def bench() -> None:
 @click.option("--e2e-seconds", default=7.5, show_default=True, type=float)
 @click.option("--overlap", default="both", show_default=True, type=click.Choice(["off", "on", "both"]),
               help="End to end: decode in place, on a side stream overlapped with the next chunk, or both "
-                   "(both on the first --e2e-policies spec).")
+                   "(both on the first --e2e-policies spec; the others overlapped when compiled on CUDA, where the "
+                   "decoder also runs channels-last, as fademem generate does, else in place).")
 @click.option("--vae", "vae_kind", default="wan2.1", show_default=True, type=click.Choice(["wan2.1", "tiny"]),
               help="VAE configuration for --e2e-policies (tiny: tests).")
 @click.option("--config", "config_name", default="1.3b", show_default=True, type=click.Choice(["1.3b", "14b", "tiny"]))
@@ -165,20 +166,27 @@ def bench_speed(policies, seconds, full_max_frames, long_policies, long_seconds,
 @click.option("--cuts", "cuts", default="3,12", show_default=True,
               help="With --episodes-kind cuts: the two cut times in seconds (rounded up to whole chunks); the first "
                    "inside the opening, the second after it.")
+@click.option("--merge", "merge", multiple=True, type=click.Path(dir_okay=False),
+              help="Run no model: merge these reports (memory.json, or .json.gz; repeat the option) of the same "
+                   "benchmark (same episodes, seed, seconds, budget, weights, schedule, critic, ...) run with "
+                   "different policies into one report in --out, every pair of the union compared (Holm) as one run "
+                   "would; a policy in several reports must have identical scores (kept once).")
 @click.option("--plot/--no-plot", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, dtype, weights, critic, out_dir, seed,
-                 steps, batch, scenes, long_lag_seconds, beta_from, threads, time_budget, episodes_kind, cuts, plot,
-                 progress):
+                 steps, batch, scenes, long_lag_seconds, beta_from, threads, time_budget, episodes_kind, cuts, merge,
+                 plot, progress):
     """Long-memory quality vs ground truth: true opening, then generation; PSNR/SSIM (and the critic's identity
     score) on the frames after each revisit, by lag; every pair of policies compared (Holm-corrected).
 
     After every finished policy memory.json and memory.txt are rewritten with the results so far ("partial":
     true, "policies_finished", "policies_not_run"). On SIGINT (Ctrl-C, timeout -s INT) during a policy the
     finished policies are reported ("interrupted" says when; memory.json, memory.txt, memory.png) and the
-    command exits with status 130."""
+    command exits with status 130. With --merge: no model run, the given reports merged (see --merge)."""
     import os
 
+    if merge:
+        return _merge_memory(list(merge), out_dir, plot)
     import torch
 
     from fademem.bench import memory as bm
@@ -222,6 +230,39 @@ def bench_memory(policies, episodes, budget, seconds, opening_seconds, device, d
     if report.get("interrupted"):
         click.echo(f"interrupted: {report['interrupted']}; the report covers the finished policies", err=True)
         raise SystemExit(130)
+
+
+MERGE_KEEPS = ("merge", "out_dir", "plot", "progress")  # the options --merge takes; the others run a model
+
+
+def _merge_memory(paths: list[str], out_dir: str, plot: bool) -> None:
+    """``bench memory --merge``: one report from several (``bench.memory_merge``), written as a run writes it."""
+    import os
+
+    from click.core import ParameterSource
+
+    from fademem.bench import memory_merge as mm
+    from fademem.bench.memory_report import format_table, write_json
+    from fademem.bench.memory_report import plot as plot_report
+
+    ctx = click.get_current_context()
+    given = [p for p in ctx.command.params if p.name not in MERGE_KEEPS
+             and ctx.get_parameter_source(p.name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)]
+    if given:
+        raise click.UsageError(f"--merge runs no model: {', '.join(p.opts[0] for p in given)} does not apply "
+                               "(the reports' own settings are used)")
+    try:
+        report = mm.merge(paths)
+    except mm.MergeError as exc:
+        raise click.ClickException(str(exc)) from None
+    table = mm.header(report) + "\n" + format_table(report)
+    path = write_json(report, os.path.join(out_dir, "memory.json"))
+    with open(os.path.join(out_dir, "memory.txt"), "w") as fh:
+        fh.write(table + "\n")
+    click.echo(f"wrote {path} ({len(report['policies_finished'])} policies from {len(paths)} reports)")
+    if plot:
+        click.echo(f"wrote {plot_report(report, os.path.join(out_dir, 'memory.png'))}")
+    click.echo(table)
 
 
 @bench.command("fidelity")

@@ -97,7 +97,8 @@ EMBEDDED_TEMPORAL_STRIDE = 1  # the embedded codec: one video frame per latent f
               help="Wan only: regional torch.compile of the DiT blocks and the VAE decoder: auto (default on CUDA, "
                    "none elsewhere), none (eager), default, max-autotune-no-cudagraphs. The first chunk compiles "
                    "(about a minute); the kernels are cached under ~/.cache/fademem (or $TORCHINDUCTOR_CACHE_DIR) so "
-                   "the next run starts fast.")
+                   "the next run starts fast. Compiled on CUDA, the VAE decoder also runs channels-last and decodes "
+                   "each chunk on a side stream beside the next chunk's DiT (same frames); none decodes in place.")
 @click.option("--precision", default="dtype", show_default=True, type=click.Choice(["dtype", "fp8"]),
               help="Wan only: fp8 runs the DiT's block linears in torchao float8 (dynamic per-row scales); needs a "
                    "CUDA GPU of compute capability >= 8.9 and torchao (refused up front otherwise).")
@@ -176,10 +177,11 @@ def generate(prompt, prompts_file, seconds, memory_spec, beta_from, checkpoint, 
 
 
 def _fast_options(compile_mode, precision, low_memory, device, is_embedded) -> dict:
-    """--compile / --precision / --low-memory checked before any work: {'compile', 'fp8', 'low_memory'}."""
+    """--compile / --precision / --low-memory checked before any work: {'compile', 'fp8', 'low_memory',
+    'fallback', 'fast_decode'}; 'fast_decode' (channels-last decoder, overlapped decode) only compiled on CUDA."""
     from click.core import ParameterSource
 
-    from fademem.pipeline.fast import Fp8Unavailable, check_fp8, resolve_compile
+    from fademem.pipeline.fast import Fp8Unavailable, check_fp8, fast_decode, resolve_compile
 
     ctx = click.get_current_context(silent=True)
     given = ctx is not None and ctx.get_parameter_source("compile_mode") == ParameterSource.COMMANDLINE
@@ -193,14 +195,15 @@ def _fast_options(compile_mode, precision, low_memory, device, is_embedded) -> d
             if on:
                 raise click.UsageError(f"{flag} is for a real generator (--checkpoint / --wan-dir); the embedded "
                                        "model runs eager in its dtype")
-        return {"compile": "none", "fp8": False, "low_memory": False}
+        return {"compile": "none", "fp8": False, "low_memory": False, "fast_decode": False}
     if precision == "fp8":
         try:
             check_fp8(device)
         except Fp8Unavailable as exc:
             raise click.BadParameter(str(exc), param_hint="--precision") from None
     # compiling by default (not asked for): a region that fails to compile runs eagerly instead of failing the run
-    return {"compile": mode, "fp8": precision == "fp8", "low_memory": bool(low_memory), "fallback": not given}
+    return {"compile": mode, "fp8": precision == "fp8", "low_memory": bool(low_memory), "fallback": not given,
+            "fast_decode": fast_decode(mode, device)}
 
 
 def _read_prompts(prompt, prompts_file) -> list[str]:
@@ -235,7 +238,7 @@ def _generate_wan(prompts, seconds, memory_spec, checkpoint, lora, wan_dir, path
     import torch
 
     from fademem.pipeline import load_wan_pipeline
-    from fademem.pipeline.fast import RegionalCompile, apply_fp8, enable_compile_cache
+    from fademem.pipeline.fast import RegionalCompile, apply_fast_decode, apply_fp8, enable_compile_cache
 
     fast = fast or {"compile": "none", "fp8": False, "low_memory": False}
 
@@ -256,6 +259,8 @@ def _generate_wan(prompts, seconds, memory_spec, checkpoint, lora, wan_dir, path
         cache = enable_compile_cache()
         click.echo(f"compile {fast['compile']}: the DiT blocks and the VAE decoder compile on the first chunk "
                    f"(kernels cached in {cache['dir']}); --compile none runs eager", err=True)
+    if fast.get("fast_decode"):
+        click.echo(apply_fast_decode(pipe), err=True)
     with RegionalCompile(pipe.model, fast["compile"], decoder=pipe.decoder, fallback=fast.get("fallback", False)):
         _run_wan(pipe, prompts, seconds, memory_spec, checkpoint, lora, wan_dir, paths, seed, switch_specs, device,
                  dtype, height, width, run, start)

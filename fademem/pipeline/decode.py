@@ -18,7 +18,12 @@ class _DecodeQueue:
     chunk's latents are final there), and the chunk comes out of ``ready`` only at the next
     ``put`` -- after the next chunk's DiT work has been queued on the main stream -- or at
     ``drain``; its frames are then waited for. ``record_stream`` keeps the latents' memory from
-    being reused by the main stream while the side stream may still read it.
+    being reused by the main stream while the side stream may still read it. The first decode is
+    waited for at once: the decoder's streaming state it starts from may have been made on the main
+    stream (a resumed run's ``load_stream_state``), and the decode replaces that state, so its memory
+    would go back to the main stream's pool while the side stream still reads it. Later states are
+    made on the side stream itself. The frames are those of the sequential decode either way (same
+    decoder calls, in the same order).
     """
 
     def __init__(self, decoder, device: torch.device, overlap: bool):
@@ -27,6 +32,7 @@ class _DecodeQueue:
         self.side = torch.cuda.Stream(device) if self.overlap and device.type == "cuda" else None
         self.pending: deque = deque()  # (chunk, pending frames)
         self.out: list[Chunk] = []
+        self._first = True
 
     def put(self, chunk: Chunk) -> None:
         if self.decoder is None:
@@ -42,12 +48,17 @@ class _DecodeQueue:
 
     def _launch(self, latents: torch.Tensor):
         start = getattr(self.decoder, "decode_async", None)
+        decode = start if callable(start) else self.decoder.decode
         if self.side is None:
-            return start(latents) if callable(start) else self.decoder.decode(latents)
+            return decode(latents)
         self.side.wait_stream(torch.cuda.current_stream(latents.device))
         latents.record_stream(self.side)
         with torch.cuda.stream(self.side):
-            return start(latents) if callable(start) else self.decoder.decode(latents)
+            frames = decode(latents)
+        if self._first:  # the state it started from may be the main stream's (see the class doc)
+            self.side.synchronize()
+            self._first = False
+        return frames
 
     def ready(self) -> list[Chunk]:
         out, self.out = self.out, []

@@ -106,9 +106,11 @@ class VideoPipeline:
     decoder:       ``Decoder`` or None (latents only).
     overlap_decode: decode chunk i on a side CUDA stream while the DiT denoises chunk i+1. Chunk i
                    is then yielded once chunk i+1 has been sampled (and its memory written), with
-                   the same frames as without overlap. Off by default: both compete for the same
-                   SMs, and ``fademem bench speed`` measures whether it pays on a given GPU.
-                   Off CUDA the decode runs in place (same order of yields, for tests).
+                   the same frames as without overlap. Off by default here (both compete for the
+                   same SMs); ``fademem generate`` turns it on on CUDA with a compile mode, where it
+                   pays on an H200 (``fademem.pipeline.fast.apply_fast_decode``; ``fademem bench
+                   speed`` measures it). Off CUDA the decode runs in place (same order of yields).
+                   It can also be set on the attribute before ``generate`` / ``session``.
     cuda_graph:    replay the denoising forwards from a CUDA graph once a bounded memory is full
                    (``fademem.pipeline.cuda_graph.GraphedDenoiser``; query-aware policies stay eager).
                    Off CUDA the same static-buffer path runs without a graph.

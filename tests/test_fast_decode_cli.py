@@ -1,0 +1,42 @@
+"""``fademem generate`` with a Wan checkpoint takes the fast decode (channels-last VAE decoder, decode
+overlapped with the next chunk) where ``fast_decode`` says so (compiled on CUDA); forced here on the CPU
+(with ``--compile none``, so nothing compiles), it gives the plain path's video and its --state works."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fademem.cli import main
+from fademem.wan.model import CausalWanModel, WanConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def test_generate_with_the_fast_decode_gives_the_plain_video(tmp_path, monkeypatch):
+    from test_vae_text import TEXT_DIM, Z_DIM, make_wan_dir
+
+    import fademem.pipeline.fast as fast
+    from fademem.pipeline.state import load_state
+    from fademem.pipeline.video_io import iter_video_frames
+    from fademem.wan.checkpoints import save_generator
+
+    wan = make_wan_dir(tmp_path / "wan")
+    torch.manual_seed(0)
+    ckpt = save_generator(CausalWanModel(WanConfig.tiny(in_dim=Z_DIM, out_dim=Z_DIM, text_dim=TEXT_DIM, text_len=512)),
+                          tmp_path / "gen.safetensors")
+    base = ["generate", "--prompt", "a cat runs", "--seconds", "1", "--memory", "sink", "--checkpoint", str(ckpt),
+            "--wan-dir", str(wan), "--device", "cpu", "--height", "32", "--width", "48", "--crf", "0",
+            "--compile", "none"]
+    res = CliRunner().invoke(main, base + ["--out", str(tmp_path / "plain.mp4")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "side CUDA stream" not in res.output  # off CUDA (and with --compile none) nothing changes
+    monkeypatch.setattr(fast, "fast_decode", lambda mode, device: True)
+    res = CliRunner().invoke(main, base + ["--out", str(tmp_path / "fast.mp4"), "--state", str(tmp_path / "s.state")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "VAE decoder in channels_last_3d" in res.output and "side CUDA stream" in res.output
+    videos = [torch.stack([torch.as_tensor(f) for f in iter_video_frames(str(tmp_path / f"{n}.mp4"))])
+              for n in ("plain", "fast")]
+    assert videos[0].shape[0] == 4 * 6 - 3 and torch.equal(videos[0], videos[1])
+    assert load_state(tmp_path / "s.state")["video"]["frames"] == videos[1].shape[0]
