@@ -113,7 +113,8 @@ def run_policy(st: Setup, requested: str, spec: str, note: str | None, log=print
     res: dict[str, Any] = {
         "label": spec.split(":")[0], "requested": requested, "spec": spec,
         "unbounded": not parse_spec(spec)[0].bounded,
-        "spec_resolved": pipe.memory.spec if pipe.memory is not None and error is None else None,
+        "spec_resolved": (run_pipe.memory.spec if run_pipe is not None and run_pipe.memory is not None
+                          and error is None else None),  # run_pipe: a policy with a LoRA runs its own
         "note": note, "error": error, "seconds": time.perf_counter() - t0,
         "visible_history_frames_max": visible,
         "opening_max_abs_error": opening_err if error is None else None,

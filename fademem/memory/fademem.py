@@ -19,7 +19,9 @@ paper, i.e. Algorithm 1's span weights, 0.5 for release), ``adaptive`` (``off``;
 that reacts to content -- a frame whose mean key is farther than ``cut_threshold`` in cosine
 distance from the previous frame's opens a new scene, and the pair straddling that cut never merges
 while another eligible pair remains; see ``fademem_cuts.py``), ``lora`` (FadeMem-FT: a LoRA directory from
-``fademem finetune``, declared through ``generator_adapter`` so callers merge it into the generator).
+``fademem finetune``, declared through ``generator_adapter`` so callers merge it into the generator;
+``lora=shipped`` is the one packaged for the embedded model, ``fademem/assets/fademem_ft_lora``, resolved
+to that directory when the policy is built so the spec, and every report, names the directory that ran).
 
 Long runs (``for_run``): with ``positions`` unset, a generation session runs the paper preset in
 ``compact`` mode when the video is longer than the base model's trained window (the session's
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
@@ -60,6 +63,15 @@ from fademem.memory.base import ChunkQuery, Entry, GeneratorAdapter, Memory, Mem
 from fademem.memory.fademem_cuts import CutDetector
 from fademem.memory.registry import build_memory, register
 from fademem.memory.slot_store import check_kv
+
+SHIPPED_LORA = "shipped"  # lora=shipped: the FadeMem-FT LoRA packaged for the embedded model
+
+
+def shipped_lora_dir() -> Path:
+    """The packaged FadeMem-FT LoRA directory (``lora=shipped``; peft layout, float16 weights)."""
+    from importlib import resources
+
+    return Path(str(resources.files("fademem") / "assets" / "fademem_ft_lora"))
 
 
 @register
@@ -78,9 +90,17 @@ class FadeMemMemory(Memory):
     span_gamma: float | None = None
     adaptive: Literal["off", "cut"] = "off"
     cut_threshold: float = 0.3
-    lora: str | None = None  # FadeMem-FT: a LoRA directory (`fademem finetune`) merged into the generator
+    # FadeMem-FT: a LoRA directory (`fademem finetune`) merged into the generator, or `shipped`: the one in the
+    # package for the embedded model (trained with fademem:budget=12 and the default knobs, the setting it is
+    # measured at; any other knobs are allowed). Resolved to its directory when built (the spec names it).
+    lora: str | None = None
 
     state_attrs: ClassVar[tuple[str, ...]] = ("schedule",)
+
+    def __post_init__(self) -> None:
+        if self.lora == SHIPPED_LORA:
+            self.lora = str(shipped_lora_dir())
+        super().__post_init__()
 
     # -- knobs ------------------------------------------------------------------------------------
     @property
@@ -126,8 +146,14 @@ class FadeMemMemory(Memory):
                                             or not isinstance(self.span_gamma, (int, float))
                                             or not 0.0 <= self.span_gamma < float("inf")):
             raise bad(f"span_gamma must be a finite number >= 0 (or None), got {self.span_gamma!r}")
-        if self.lora is not None and not os.path.isdir(str(self.lora)):
-            raise bad(f"lora must be a LoRA directory (`fademem finetune --out DIR`); {self.lora!r} is none")
+        if self.lora is not None:
+            if str(self.lora) == str(shipped_lora_dir()) and not os.path.isdir(str(self.lora)):
+                raise bad(f"lora=shipped: the packaged FadeMem-FT LoRA is missing ({self.lora}): the package was "
+                          "installed without its assets; reinstall it or pass lora=DIR")
+            if not os.path.isdir(str(self.lora)):
+                raise bad(f"lora must be a LoRA directory (`fademem finetune --out DIR`) or '{SHIPPED_LORA}' (the "
+                          f"packaged FadeMem-FT LoRA); {self.lora!r} is none")
+            GeneratorAdapter.from_peft_dir(str(self.lora))  # its two files, nothing read
         if self.adaptive not in ("off", "cut"):
             raise bad(f"adaptive must be off or cut; got {self.adaptive!r}")
         if (isinstance(self.cut_threshold, bool) or not isinstance(self.cut_threshold, (int, float))
