@@ -150,8 +150,20 @@ def score(videos, weights_dir, dimensions, device, slow_fast, imaging_mode, scen
               help="Slow-fast fusion of clip-to-clip consistency (VBench-Long --dev_flag).")
 @click.option("--scene-split", is_flag=True, help=SCENE_HELP)
 @click.option("--no-progress", is_flag=True, help="One log line per video instead of progress bars.")
+@click.option("--compile", "compile_mode", default="auto", show_default=True,
+              help="Wan only, as `fademem generate --compile`: regional torch.compile of the DiT blocks and the VAE "
+                   "decoder: auto (default on CUDA, none elsewhere), none (eager), default, "
+                   "max-autotune-no-cudagraphs. Each generator (one per memory spec that merges an adapter) compiles "
+                   "on its first chunk; kernels are cached under ~/.cache/fademem (or $TORCHINDUCTOR_CACHE_DIR). "
+                   "Compiled on CUDA, the VAE decoder also runs channels-last and decodes each chunk on a side "
+                   "stream (same frames). Speed only: a job's key and a resumed store are the same either way.")
+@click.option("--precision", default="dtype", show_default=True, type=click.Choice(["dtype", "fp8"]),
+              help="Wan only, as `fademem generate --precision`: fp8 runs the DiT's block linears in torchao "
+                   "float8; needs a CUDA GPU of compute capability >= 8.9 and torchao. Other numbers: fp8 rows are "
+                   "stored as their own model ('<model>@fp8').")
 def run(prompts, specs, seeds, seconds, store, videos_dir, weights_dir, dimensions, checkpoint, wan_dir, lora,
-        height, width, dtype, embedded_weights, critic, device, slow_fast, scene_split, no_progress):
+        height, width, dtype, embedded_weights, critic, device, slow_fast, scene_split, no_progress,
+        compile_mode="auto", precision="dtype"):
     """Generate and score prompts x memory specs x seeds into a resumable store.
 
     One process, or many: `torchrun --nproc_per_node N -m fademem.cli eval run ...` gives each rank its
@@ -166,14 +178,18 @@ def run(prompts, specs, seeds, seconds, store, videos_dir, weights_dir, dimensio
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise click.BadParameter(f"{seeds!r}: expected integers separated by commas", param_hint="--seeds") from None
+    dev = _device(device)
+    from fademem.cli.generate import _fast_options  # generate's checks and messages, before any loading
+
+    fast = _fast_options(compile_mode, precision, False, dev, checkpoint is None)
     if weights_dir is not None:
         _weights(weights_dir, dims)
-    dev = _device(device)
     cfg = EvalRun(prompts=prompts, specs=list(specs), seeds=seed_list, store=store,
                   videos=videos_dir or f"{store}.videos", seconds=seconds, weights_dir=weights_dir, dimensions=dims,
                   checkpoint=checkpoint, wan_dir=wan_dir, lora=tuple(lora), height=height, width=width, dtype=dtype,
                   embedded_weights=embedded_weights, critic=critic, device=dev, slow_fast=slow_fast,
-                  scene_split=scene_split, progress=not no_progress)
+                  scene_split=scene_split, progress=not no_progress, compile=fast["compile"],
+                  compile_fallback=fast.get("fallback", False), precision="fp8" if fast["fp8"] else "dtype")
     try:
         validate(cfg)
     except MissingWeights as e:
