@@ -130,3 +130,25 @@ def test_wan_generator_fast_path_gives_the_plain_frames_and_compiles_each_model_
         assert [c.model for c in entered[2:]] == [gen._models[s] for s in ("sink", "fademem:budget=3",
                                                                           "fademem:budget=4")]
     assert sorted(map(id, exited)) == sorted(map(id, entered))
+
+
+def test_a_policys_own_lora_files_key_its_jobs(tmp_path):
+    """A spec that merges its own adapter (``fademem:lora=DIR``) keys its jobs by those files too: a LoRA
+    retrained in place gets new keys (a rerun scores it again), other specs keep the plain hash."""
+    import shutil
+
+    from fademem.eval.jobs import expand_jobs, spec_hashes
+    from fademem.memory.fademem import shipped_lora_dir
+
+    lora = tmp_path / "ft"
+    shutil.copytree(shipped_lora_dir(), lora)
+    specs = ["fademem:budget=12", f"fademem:budget=12,lora={lora}"]
+    first = spec_hashes(specs, "abc")
+    assert first[specs[0]] == "abc" and first[specs[1]] != "abc"
+    jobs = expand_jobs(["p"], specs, [0], seconds=2.0, model="wan:x", checkpoint_hash=first, size="64x64")
+    assert [j.checkpoint_hash for j in jobs] == [first[specs[0]], first[specs[1]]]
+    cfg = lora / "adapter_config.json"
+    cfg.write_text(cfg.read_text().replace('"r": 16', '"r": 16 '))
+    again = spec_hashes(specs, "abc")
+    assert again[specs[0]] == "abc" and again[specs[1]] != first[specs[1]]
+    assert spec_hashes(specs, "abd")[specs[1]] != again[specs[1]]

@@ -17,7 +17,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["Job", "expand_jobs", "read_prompts", "shard"]
+__all__ = ["Job", "expand_jobs", "read_prompts", "shard", "spec_hashes"]
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,32 @@ def read_prompts(path) -> list[str]:
 
 
 def expand_jobs(prompts: list[str], specs: list[str], seeds: list[int], *, seconds: float, model: str,
-                checkpoint_hash: str, size: str) -> list[Job]:
-    return [Job(i, p, spec, int(seed), float(seconds), model, checkpoint_hash, size)
+                checkpoint_hash: str | dict[str, str], size: str) -> list[Job]:
+    """``checkpoint_hash``: one for every spec, or per spec (``spec_hashes``: a policy's own adapter files)."""
+    def ckpt(spec: str) -> str:
+        return checkpoint_hash if isinstance(checkpoint_hash, str) else checkpoint_hash[spec]
+
+    return [Job(i, p, spec, int(seed), float(seconds), model, ckpt(spec), size)
             for spec in specs for i, p in enumerate(prompts) for seed in seeds]
+
+
+def spec_hashes(specs: list[str], checkpoint_hash: str) -> dict[str, str]:
+    """Per spec, the hash that keys its jobs: the generator's files, and for a policy that declares its own
+    generator adapter (``fademem:lora=DIR``, a compressor's generator LoRA) also that adapter's files, so a
+    LoRA retrained in place is never taken for one already scored. Specs without one keep the plain hash."""
+    from fademem.eval.store import file_hash
+    from fademem.memory import build_memory
+
+    out = {}
+    for spec in specs:
+        adapter = build_memory(spec).generator_adapter()
+        if adapter is None:
+            out[spec] = checkpoint_hash
+            continue
+        src = Path(adapter.source)
+        files = sorted(f for f in src.iterdir() if f.is_file()) if src.is_dir() else [src]
+        out[spec] = hashlib.sha256(f"{checkpoint_hash}+{file_hash(files)}".encode()).hexdigest()
+    return out
 
 
 def shard(pending: list[Job], rank: int, world: int) -> list[Job]:

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from fademem.eval.jobs import Job, expand_jobs, read_prompts, shard
+from fademem.eval.jobs import Job, expand_jobs, read_prompts, shard, spec_hashes
 from fademem.eval.store import ResultStore
 from fademem.eval.weights import DIMENSIONS, find_weights
 
@@ -212,7 +212,7 @@ def run_eval(run: EvalRun, log=print) -> dict:
         if run.weights_dir is not None and small and min(int(x) for x in gen.size.split("x")) < 128:
             raise ValueError(f"{', '.join(small)} need frames of at least 128 x 128 pixels (RAFT, AMT-S); "
                              f"{gen.model_id} makes {gen.size}: leave them out of --dimensions")
-        ckpt_hash = _broadcast(gen.checkpoint_hash() if rank == 0 else None, world)
+        ckpt_hash = _broadcast(spec_hashes(run.specs, gen.checkpoint_hash()) if rank == 0 else None, world)
         jobs = expand_jobs(prompts, run.specs, run.seeds, seconds=run.seconds, model=gen.model_id,
                            checkpoint_hash=ckpt_hash, size=gen.size)
         done = store.done_keys()
