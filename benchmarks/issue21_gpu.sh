@@ -3,6 +3,8 @@
 #   bash benchmarks/issue21_gpu.sh train   # fine-tune (or continue: --resume) the LoRA for ~480 s
 #   bash benchmarks/issue21_gpu.sh bench   # FT vs training-free FadeMem, sink, full, window: bench memory v2
 #   bash benchmarks/issue21_gpu.sh round   # both in one call: train ISSUE21_SECONDS (300), then FT vs TF only
+#   bash benchmarks/issue21_gpu.sh realsize  # 3 FadeMem-FT steps at the Wan 1.3B config (random weights, 480x832,
+#                                            # 20 s history), without and with gradient checkpointing (~2-4 min)
 # The LoRA lives in training/embedded_v2/ft_lora (commit it after each train call; it comes back in $OUT).
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 OUT=${OUT:-out/issue21}
@@ -32,5 +34,9 @@ case "$1" in
       --policies "fademem,fademem:budget=12,lora=$OUT/ft_lora" --out "$OUT/memory" 2>&1 \
       | tee "$OUT/bench.log" | grep -v "^skipped benchmark scene"
     ;;
-  *) echo "usage: $0 train|bench|round" >&2; exit 2 ;;
+  realsize)
+    timeout -s INT -k 15 300 python3 benchmarks/finetune_wan_step.py --config 1.3b --device cuda \
+      --history-seconds 20 --steps 3 --out "$OUT/ft_wan_step.json" 2>&1 | tee "$OUT/ft_wan_step.log"
+    ;;
+  *) echo "usage: $0 train|bench|round|realsize" >&2; exit 2 ;;
 esac

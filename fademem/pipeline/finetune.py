@@ -26,6 +26,12 @@ The FadeMem paper's best row fine-tunes the generator so that it learns to read 
   would only pass on its own losses). Without a teacher: the embedded training's flow-matching loss on the
   target chunk (x0 error; noise levels mostly the sampler's own, ``target_sigmas``).
 
+* **Size.** The history pass holds no graph, so a long rollout costs only its bounded memory; with
+  ``grad_checkpoint`` (``--grad-checkpoint``) the target chunk's blocks are recomputed in the backward pass
+  (``CausalWanModel.enable_gradient_checkpointing``) instead of keeping their activations. ``memory_step_loss``
+  is the step on tensors for any ``VideoPipeline`` (``benchmarks/finetune_wan_step.py`` runs it at the Wan 1.3B
+  size).
+
 The LoRA is saved as a peft adapter directory that ``fademem generate --lora DIR`` merges at load.
 """
 
@@ -86,6 +92,7 @@ class FinetuneConfig:
     resume: str | None = None  # a LoRA directory of an earlier run: its weights, rank, alpha, targets; steps go on
     log_every: int = 10
     pool: int = 8  # WorldBatches' world pool (episodes draw fresh worlds; kept small)
+    grad_checkpoint: bool = False  # recompute each block in the backward pass (CausalWanModel gradient checkpointing)
 
     def lora(self) -> tuple[int, float, tuple[str, ...] | None]:
         """(rank, alpha, in-block target names or None for every Linear)."""
@@ -192,32 +199,48 @@ def episode_latents(codec, batch: dict, degrade_p: float, gen: torch.Generator, 
     return z[:, :, :n], z[:, :, n:], prompts
 
 
+def memory_step_loss(model, pipe, history: torch.Tensor, x0: torch.Tensor, prompts: list[str], memory: str,
+                     sigma: torch.Tensor, target=None, run_frames: int = 0, gen: torch.Generator | None = None,
+                     noise: torch.Tensor | None = None, session=None) -> torch.Tensor:
+    """The x0-error loss of the chunk ``x0`` [B, C, 3, h, w] after the clean ``history`` [B, C, n, h, w] under
+    ``memory``, for any ``VideoPipeline`` over ``model`` (the embedded one, or Wan's): the history teacher-forced
+    through an inference session of ``max(n + 3, run_frames)`` frames (no grad), x0 noised to ``sigma`` [B]
+    (``noise``, default drawn from ``gen``), the sampler's denoising forward with grad reading ``session.stack``.
+    ``target``: None (x0: flow matching), a tensor, or ``target(xt, sigma) -> tensor`` (e.g. a teacher's).
+    ``session``: that teacher-forced session when the caller already ran it (benchmarks time the two apart)."""
+    n, b = history.shape[2], x0.shape[0]
+    if session is None:  # as at inference
+        session = teacher_force(pipe, prompts, history, memory, max(n + x0.shape[2], run_frames))
+    if noise is None:
+        noise = torch.randn(x0.shape, device=x0.device, generator=gen)
+    s5 = sigma.view(b, 1, 1, 1, 1)
+    xt = (1 - s5) * x0 + s5 * noise  # level 0 (sigma 1): pure noise, what the sampler starts from
+    target = x0 if target is None else target(xt, sigma) if callable(target) else target
+    # the sampler's denoising forward, with grad (text re-encoded here so LoRA on cross-attention K/V trains)
+    v = model(xt, _chunk_t(sigma, x0.shape[2]), session.states[0], memory=session.stack, start_frame=n).float()
+    return (xt - s5 * v - target).pow(2).mean()
+
+
 def step_loss(model, pipe, codec, batch: dict, cfg: FinetuneConfig, gen: torch.Generator, step: int, *,
               sched_sigmas: torch.Tensor, teacher=None, run_frames: int = 0) -> tuple[torch.Tensor, dict]:
-    """The loss of one episode batch (module docstring) and what it was: ``{"level", "n_ctx", "kind"}``.
-    ``teacher``: None (flow matching) or ``(teacher pipeline, teacher levels, guidance)``; ``run_frames``: the
-    inference video length whose memory layout to train on (at least the episode's)."""
+    """The loss of one episode batch (module docstring, ``memory_step_loss``) and what it was:
+    ``{"level", "n_ctx", "kind"}``. ``teacher``: None (flow matching) or ``(teacher pipeline, teacher levels,
+    guidance)``; ``run_frames``: the inference video length whose memory layout to train on (at least the
+    episode's)."""
     device = sched_sigmas.device
     history, x0, prompts = episode_latents(codec, batch, cfg.degrade_p, gen, device)
     n, b = history.shape[2], x0.shape[0]
-    session = teacher_force(pipe, prompts, history, cfg.memory, max(n + CHUNK, run_frames))  # as at inference
-    noise = torch.randn(x0.shape, device=device, generator=gen)
+    noise = torch.randn(x0.shape, device=device, generator=gen)  # (the session draws from its own generators)
     if teacher is None:
         sigma = target_sigmas(b, cfg.schedule_p, sched_sigmas, gen, float(pipe.schedule.shift))
-        level = None
+        level, target = None, None
     else:
         k = int(torch.randint(len(sched_sigmas), (1,), generator=torch.Generator().manual_seed(cfg.seed * 7919 + step)))
         sigma, level = sched_sigmas[k].expand(b), k
-    s5 = sigma.view(b, 1, 1, 1, 1)
-    xt = (1 - s5) * x0 + s5 * noise  # level 0 (sigma 1): pure noise, what the sampler starts from
-    if teacher is None:
-        target = x0
-    else:
         tpipe, levels, guidance = teacher
-        target = teacher_target(tpipe, prompts, history, xt, float(sigma[0]), levels, guidance, cfg.teacher_memory)
-    # the sampler's denoising forward, with grad (text re-encoded here so LoRA on cross-attention K/V trains)
-    v = model(xt, _chunk_t(sigma), session.states[0], memory=session.stack, start_frame=n).float()
-    loss = (xt - s5 * v - target).pow(2).mean()
+        target = lambda xt, s: teacher_target(tpipe, prompts, history, xt, float(s[0]), levels,  # noqa: E731
+                                              guidance, cfg.teacher_memory)
+    loss = memory_step_loss(model, pipe, history, x0, prompts, cfg.memory, sigma, target, run_frames, noise=noise)
     return loss, {"level": level, "n_ctx": n, "kind": batch["kind"]}
 
 
@@ -264,6 +287,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path, bundle: EmbeddedBundle | None
     n_hist = cfg.history_frames(bundle.cfg.fps)
     run_frames = CHUNK * math.ceil(cfg.run_seconds * bundle.cfg.fps / CHUNK - 1e-9) if cfg.run_seconds else 0
     params = add_lora(model, targets, rank, alpha)
+    model.enable_gradient_checkpointing(cfg.grad_checkpoint)
     if cfg.resume is not None:
         load_into(model, pairs)
     done = int(before.get("steps_done_total", before.get("steps_done", 0)))
@@ -311,5 +335,5 @@ def finetune(cfg: FinetuneConfig, out: str | Path, bundle: EmbeddedBundle | None
     return record
 
 
-__all__ = ["FinetuneConfig", "episode_latents", "finetune", "memory_pipeline", "step_loss", "teacher_force",
-           "teacher_target"]
+__all__ = ["FinetuneConfig", "episode_latents", "finetune", "memory_pipeline", "memory_step_loss", "step_loss",
+           "teacher_force", "teacher_target"]

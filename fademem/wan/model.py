@@ -31,6 +31,15 @@ a memory stores are computed on the cache-writing pass only. Elementwise float32
 a norm are single kernels writing the model dtype (``addcmul`` with an output of that dtype).
 Each block's dense parts (everything but ``attend``) take tensors only, so ``torch.compile`` can
 compile a block once for all layers; ``attend`` runs outside the compiled graph.
+
+Gradient checkpointing (training only, off by default: ``enable_gradient_checkpointing()``): with
+autograd recording, each block runs under ``torch.utils.checkpoint`` (non-reentrant) and is recomputed
+in the backward pass. The recompute of a memory forward asks the policy for nothing: it reuses the
+view object the forward got (kept per forward), so it writes the same rotated keys and values into
+the same attention buffer again and a query-aware policy does not select twice. A cache-writing
+forward (``write_memory=True``) would hand its K/V to the memory a second time in the recompute, so
+it is refused while checkpointing is on and autograd records (the inference path, under no_grad, is
+untouched).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from fademem.memory.base import ChunkQuery
 from fademem.rope import WanRoPE, apply_rotary
@@ -98,6 +108,16 @@ class CausalWanModel(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
         self.rope = WanRoPE(cfg.head_dim, cfg.rope_theta)  # plain object: no buffers, device-lazy
+        self.gradient_checkpointing = False  # enable_gradient_checkpointing(); only while autograd records
+
+    def enable_gradient_checkpointing(self, on: bool = True) -> CausalWanModel:
+        """Recompute each block in the backward pass instead of keeping its activations (training; the
+        module docstring says how it meets the memory). Forwards under no_grad are unaffected."""
+        self.gradient_checkpointing = bool(on)
+        return self
+
+    def _checkpointing(self) -> bool:
+        return getattr(self, "gradient_checkpointing", False) and torch.is_grad_enabled()
 
     @classmethod
     def from_config(cls, cfg: WanConfig) -> CausalWanModel:
@@ -175,8 +195,13 @@ class CausalWanModel(nn.Module):
 
     def _run(self, tokens, e, e0, ctx, grid, attend_for_layer, out_shape):
         f, h, w = grid
-        for i, block in enumerate(self.blocks):
-            tokens = block(tokens, e0, ctx.k[i], ctx.v[i], partial(attend_for_layer, i))
+        if self._checkpointing():  # no dropout or other randomness in a block: no RNG state to keep
+            for i, block in enumerate(self.blocks):
+                tokens = checkpoint(block, tokens, e0, ctx.k[i], ctx.v[i], partial(attend_for_layer, i),
+                                    use_reentrant=False, preserve_rng_state=False)
+        else:
+            for i, block in enumerate(self.blocks):
+                tokens = block(tokens, e0, ctx.k[i], ctx.v[i], partial(attend_for_layer, i))
         y = self.head(tokens, e)  # [B, F*h*w, prod(patch) * out]
         _, ph, pw = self.config.patch_size
         b = y.shape[0]
@@ -207,6 +232,10 @@ class CausalWanModel(nn.Module):
         """
         if memory is None and write_memory:
             raise ValueError("write_memory=True needs a memory to write to")
+        if write_memory and self._checkpointing():
+            raise ValueError("write_memory=True with gradient checkpointing while autograd records: the backward "
+                             "pass's recompute would hand the chunk's K/V to the memory twice; write the memory "
+                             "under torch.no_grad() (as the sampler does), or enable_gradient_checkpointing(False)")
         if memory is not None and attn_mask is not None:
             raise ValueError("attn_mask is for memory-free forwards; with memory the policy's view decides")
         tokens, e, e0, ctx, (f, h, w) = self._embed(x, t, context)
@@ -228,7 +257,8 @@ class CausalWanModel(nn.Module):
         else:
             self._bind(memory, h * w)
             attend = partial(self._attend_memory, memory=memory, ctx=ctx, start=start_frame,
-                             num_frames=f, write=write_memory, hw=(h, w))
+                             num_frames=f, write=write_memory, hw=(h, w),
+                             views={} if self._checkpointing() else None)
         out_shape = (x.shape[0], self.config.out_dim, *x.shape[2:])
         return self._run(tokens, e, e0, ctx, (f, h, w), attend, out_shape)
 
@@ -236,14 +266,23 @@ class CausalWanModel(nn.Module):
         freqs = self.rope.freqs(positions, *hw, q.device)
         return attention(apply_rotary(q, freqs), apply_rotary(k, freqs), v, mask)
 
-    def _attend_memory(self, i, q, k, v, *, memory, ctx, start, num_frames, write, hw):
-        mem = memory[i]
-        rope = self.rope
+    def _view_of(self, mem, i, q, ctx, start, num_frames, hw):
         q_query = None
         if mem.needs_queries:  # ChunkQuery.q carries the spatial phase, no temporal phase
-            q_query = apply_rotary(q, rope.freqs(None, *hw, q.device))
-        view = mem.view(ChunkQuery(start=start, num_frames=num_frames, q=q_query,
+            q_query = apply_rotary(q, self.rope.freqs(None, *hw, q.device))
+        return mem.view(ChunkQuery(start=start, num_frames=num_frames, q=q_query,
                                    context_k=ctx.k[i] if mem.needs_context else None))
+
+    def _attend_memory(self, i, q, k, v, *, memory, ctx, start, num_frames, write, hw, views=None):
+        mem = memory[i]
+        rope = self.rope
+        if views is None:
+            view = self._view_of(mem, i, q, ctx, start, num_frames, hw)
+        elif i in views:  # checkpointing's recompute: the forward's own view (the policy is asked once)
+            view = views[i]
+        else:  # checkpointing: a view carries no gradient (its K/V are the memory's; queries only select)
+            with torch.no_grad():
+                view = views[i] = self._view_of(mem, i, q, ctx, start, num_frames, hw)
         pos = view.query_positions if view is not None else tuple(float(start + j) for j in range(num_frames))
         freqs = rope.freqs(pos, *hw, q.device)
         qr = apply_rotary(q, freqs)
