@@ -6,15 +6,7 @@ import math
 import time
 from dataclasses import asdict
 
-from fademem.bench.memory_stats import (
-    LAG_EDGES,
-    PAIRWISE_METHOD,
-    PSNR_CAP_DB,
-    excluding_zero,
-    paired,
-    pairwise,
-    summarise,
-)
+from fademem.bench.memory_stats import LAG_EDGES, PSNR_CAP_DB, compare_policies, summarise
 
 
 def equal_budget(results: list[dict], budget: int, fps: float) -> dict:
@@ -101,30 +93,10 @@ def finish(run, st, results: list[dict], x: dict, progress: dict) -> dict:
     against the unbounded reference, every pair Holm-corrected, the critic's ceiling on the true frames
     (scored once, kept in ``x``), then ``assemble``; ``progress`` (partial, policies_finished,
     policies_not_run, interrupted) is added as top-level fields. ``st``: ``memory_policy.Setup``."""
-    import numpy as np
-
     from fademem.bench import memory_critic
 
     lags, long_lag, masks, critic = st.lags, st.long_lag, st.masks, st.critic
-    ok = [r for r in results if r["error"] is None]
-    ref = next((r for r in ok if r["unbounded"]), None)  # the reference of paired_vs_full
-    for r in ok:
-        if ref is not None and r is not ref:
-            r["paired_vs_full"] = paired(r["episodes"], ref["episodes"], lags, long_lag)
-    named = [(r["spec"], r["episodes"]) for r in ok]
-    pw: dict = {"alpha": run.alpha, "method": PAIRWISE_METHOD, "scoring": "revisit-aligned frames "
-                "(identity: revisit windows)", "long_lag_frames": long_lag,
-                "pairs": [[a, b] for i, (a, _) in enumerate(named) for b, _ in named[i + 1:]]}
-    for key in ("psnr", "ssim"):
-        pw[key] = pairwise(named, key, lags, long_lag, masks=masks, alpha=run.alpha)
-    for name, m in (st.extra_masks or {}).items():
-        pw[name] = {key: pairwise(named, key, lags, long_lag, masks=m, alpha=run.alpha) for key in ("psnr", "ssim")}
-    if critic is not None:
-        id_named = [(r["spec"], [e["identity"] for e in r["episodes"]]) for r in ok]
-        id_lags = [np.asarray(e["identity"]["lags"], np.int64) for e in ok[0]["episodes"]] if ok else []
-        pw["identity"] = pairwise(id_named, "identity", id_lags, long_lag, alpha=run.alpha)
-    pw["excluding_zero"] = {f"{k}_{rng}": excluding_zero(pw[k][rng]) for k in ("psnr", "ssim", "identity")
-                            if k in pw for rng in ("overall", "long")}
+    pw = compare_policies(results, lags, long_lag, masks, run.alpha, st.extra_masks, critic is not None)
     if critic is not None and x.get("critic_truth") is None:
         eps = st.episodes
         x["critic_truth"] = memory_critic.summarise_identity(memory_critic.score_windows(

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from fademem.bench.memory_assemble import equal_budget
-from fademem.bench.memory_stats import PAIRWISE_METHOD, excluding_zero, paired, pairwise, revisit_masks
+from fademem.bench.memory_stats import compare_policies, revisit_masks
 
 VERSION = 2  # the report version this merges (memory_assemble.assemble)
 # config fields that define the episodes, what the model is given and how it is scored: all must agree
@@ -197,26 +197,7 @@ def recompute(report: dict) -> dict:
         raise MergeError(f"the revisit-aligned frames rebuilt from the episodes' lags ({got}) differ from the "
                          f"report's ({report['revisit']['aligned_frames']})")
     results = report["policies"]
-    ok = [r for r in results if r["error"] is None]
-    ref = next((r for r in ok if r["unbounded"]), None)
-    for r in ok:
-        r.pop("paired_vs_full", None)
-        if ref is not None and r is not ref:
-            r["paired_vs_full"] = paired(r["episodes"], ref["episodes"], lags, long_lag)
-    named = [(r["spec"], r["episodes"]) for r in ok]
-    pw: dict = {"alpha": alpha, "method": PAIRWISE_METHOD, "scoring": "revisit-aligned frames "
-                "(identity: revisit windows)", "long_lag_frames": long_lag,
-                "pairs": [[a, b] for i, (a, _) in enumerate(named) for b, _ in named[i + 1:]]}
-    for key in SCORE_KEYS:
-        pw[key] = pairwise(named, key, lags, long_lag, masks=masks, alpha=alpha)
-    for name, m in (extra_masks or {}).items():
-        pw[name] = {key: pairwise(named, key, lags, long_lag, masks=m, alpha=alpha) for key in SCORE_KEYS}
-    if cfg.get("critic"):
-        id_named = [(r["spec"], [e["identity"] for e in r["episodes"]]) for r in ok]
-        id_lags = [np.asarray(e["identity"]["lags"], np.int64) for e in ok[0]["episodes"]] if ok else []
-        pw["identity"] = pairwise(id_named, "identity", id_lags, long_lag, alpha=alpha)
-    pw["excluding_zero"] = {f"{k}_{rng}": excluding_zero(pw[k][rng]) for k in ("psnr", "ssim", "identity")
-                            if k in pw for rng in ("overall", "long")}
+    pw = compare_policies(results, lags, long_lag, masks, alpha, extra_masks, bool(cfg.get("critic")))
     report["pairwise"] = pw
     report["equal_budget"] = equal_budget(results, budget, cfg["fps"])
     return report

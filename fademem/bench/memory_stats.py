@@ -139,3 +139,32 @@ def pairwise(named: list[tuple[str, list[dict]]], key: str, lags: list[np.ndarra
 def excluding_zero(entries: list[dict]) -> list[str]:
     """'a - b' for the pairs whose Holm-corrected interval excludes 0."""
     return [f"{e['a']} - {e['b']}" for e in entries if e["excludes_zero"]]
+
+
+def compare_policies(results: list[dict], lags: list[np.ndarray], long_lag: int, masks: list[np.ndarray],
+                     alpha: float, extra_masks: dict | None = None, critic: bool = False) -> dict:
+    """Everything in a report that depends on the set of policies: each finished policy's
+    ``paired_vs_full`` (set in place, against the first unbounded one) and the pairwise block (every pair
+    Holm-corrected on revisit-aligned PSNR/SSIM, on each of ``extra_masks``, and on the critic's identity
+    when ``critic``). One run's report and a merge of several (``memory_merge``) both come from here."""
+    ok = [r for r in results if r["error"] is None]
+    ref = next((r for r in ok if r["unbounded"]), None)  # the reference of paired_vs_full
+    for r in ok:
+        r.pop("paired_vs_full", None)
+        if ref is not None and r is not ref:
+            r["paired_vs_full"] = paired(r["episodes"], ref["episodes"], lags, long_lag)
+    named = [(r["spec"], r["episodes"]) for r in ok]
+    pw: dict = {"alpha": alpha, "method": PAIRWISE_METHOD, "scoring": "revisit-aligned frames "
+                "(identity: revisit windows)", "long_lag_frames": long_lag,
+                "pairs": [[a, b] for i, (a, _) in enumerate(named) for b, _ in named[i + 1:]]}
+    for key in ("psnr", "ssim"):
+        pw[key] = pairwise(named, key, lags, long_lag, masks=masks, alpha=alpha)
+    for name, m in (extra_masks or {}).items():
+        pw[name] = {key: pairwise(named, key, lags, long_lag, masks=m, alpha=alpha) for key in ("psnr", "ssim")}
+    if critic:
+        id_named = [(r["spec"], [e["identity"] for e in r["episodes"]]) for r in ok]
+        id_lags = [np.asarray(e["identity"]["lags"], np.int64) for e in ok[0]["episodes"]] if ok else []
+        pw["identity"] = pairwise(id_named, "identity", id_lags, long_lag, alpha=alpha)
+    pw["excluding_zero"] = {f"{k}_{rng}": excluding_zero(pw[k][rng]) for k in ("psnr", "ssim", "identity")
+                            if k in pw for rng in ("overall", "long")}
+    return pw
