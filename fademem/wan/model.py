@@ -257,8 +257,9 @@ class CausalWanModel(nn.Module):
         else:
             self._bind(memory, h * w)
             attend = partial(self._attend_memory, memory=memory, ctx=ctx, start=start_frame,
-                             num_frames=f, write=write_memory, hw=(h, w),
-                             views={} if self._checkpointing() else None)
+                             num_frames=f, write=write_memory, hw=(h, w))
+            if self._checkpointing():  # the forward's views, for the recompute (module docstring)
+                attend = partial(attend, views={})
         out_shape = (x.shape[0], self.config.out_dim, *x.shape[2:])
         return self._run(tokens, e, e0, ctx, (f, h, w), attend, out_shape)
 
