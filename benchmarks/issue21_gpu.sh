@@ -3,6 +3,7 @@
 #   bash benchmarks/issue21_gpu.sh train   # fine-tune (or continue: --resume) the LoRA for ~480 s
 #   bash benchmarks/issue21_gpu.sh bench   # FT vs training-free FadeMem, sink, full, window: bench memory v2
 #   bash benchmarks/issue21_gpu.sh round   # both in one call: train ISSUE21_SECONDS (300), then FT vs TF only
+# ISSUE21_HISTORY=self: histories are the model's own rollouts after a 2 s true opening (Self-Forcing)
 #   bash benchmarks/issue21_gpu.sh realsize  # 3 FadeMem-FT steps at the Wan 1.3B config (random weights, 480x832,
 #                                            # 20 s history), without and with gradient checkpointing (~2-4 min)
 # The LoRA lives in training/embedded_v2/ft_lora (commit it after each train call; it comes back in $OUT).
@@ -15,7 +16,7 @@ case "$1" in
     RESUME=(); [ -f "$LORA/adapter_config.json" ] && RESUME=(--resume "$LORA")
     timeout -s INT -k 15 570 python3 -m fademem.cli finetune --device cuda --memory fademem:budget=12 \
       --teacher training/embedded_v2/teacher.safetensors --steps 100000 --time-limit "${ISSUE21_SECONDS:-480}" \
-      --batch 8 --seconds 16 --revisit-p 0.6 --log-every 25 "${RESUME[@]}" --out "$OUT/ft_lora" 2>&1 | tee "$OUT/train.log"
+      --batch 8 --seconds 16 --revisit-p 0.6 --history "${ISSUE21_HISTORY:-true}" --log-every 25 "${RESUME[@]}" --out "$OUT/ft_lora" 2>&1 | tee "$OUT/train.log"
     ;;
   bench)
     timeout -s INT -k 15 560 python3 -m fademem.cli bench memory --device cuda \
@@ -27,7 +28,7 @@ case "$1" in
     RESUME=(); [ -f "$LORA/adapter_config.json" ] && RESUME=(--resume "$LORA")
     timeout -s INT -k 15 $(( ${ISSUE21_SECONDS:-300} + 60 )) python3 -m fademem.cli finetune --device cuda \
       --memory fademem:budget=12 --teacher training/embedded_v2/teacher.safetensors --steps 100000 \
-      --time-limit "${ISSUE21_SECONDS:-300}" --batch 8 --seconds 16 --revisit-p 0.6 --log-every 25 "${RESUME[@]}" \
+      --time-limit "${ISSUE21_SECONDS:-300}" --batch 8 --seconds 16 --revisit-p 0.6 --history "${ISSUE21_HISTORY:-true}" --log-every 25 "${RESUME[@]}" \
       --out "$OUT/ft_lora" 2>&1 | tee "$OUT/train.log"
     timeout -s INT -k 15 "${ISSUE21_BENCH_LIMIT:-170}" python3 -m fademem.cli bench memory --device cuda \
       --critic training/embedded_v2/critic.safetensors --episodes 48 --seconds 60 --no-progress \

@@ -33,6 +33,17 @@ def _check(o: dict) -> None:
             raise click.BadParameter(f"{o['teacher']} is a {sched['kind']} model: the teacher must be a "
                                      "flow-matching bundle (fademem train --stage dit --sample-steps N)",
                                      param_hint="--teacher")
+    if o["history"] == "self":
+        if o["teacher"] is None:
+            raise click.BadParameter("self needs a teacher (--teacher): a self-generated history has no true next "
+                                     "chunk to regress onto, only the teacher's answer", param_hint="--history")
+        from fademem.pipeline.finetune import FinetuneConfig
+
+        try:
+            FinetuneConfig(seconds=o["seconds"], opening_seconds=o["opening_seconds"], history="self",
+                           teacher=o["teacher"], teacher_memory=o["teacher_memory"], memory=o["memory"]).validate()
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--opening-seconds") from None
     out = Path(o["out"])
     if out.exists() and not out.is_dir():
         raise click.BadParameter(f"{out} exists and is not a directory (the LoRA is saved as a peft adapter "
@@ -77,6 +88,12 @@ _frac = click.FloatRange(0, 1)
               help="Teacher ODE steps [the student's recorded distillation setting, else the teacher's schedule].")
 @click.option("--guidance", default=None, type=click.FloatRange(min=0),
               help="Teacher classifier-free guidance [the student's recorded distillation guidance, else 1].")
+@click.option("--history", "history", default="true", show_default=True, type=click.Choice(("true", "self")),
+              help="The history each example's target chunk follows: true world frames (teacher-forced), or self: the "
+                   "model's own rollout after a true opening, generated through the inference session (Self-Forcing; "
+                   "needs --teacher).")
+@click.option("--opening-seconds", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="--history self: the true opening before the rollout (whole 3-frame chunks, at least one).")
 @click.option("--weights", default=None, type=click.Path(dir_okay=False),
               help="The generator bundle [the shipped embedded model].")
 @click.option("--resume", default=None, type=click.Path(file_okay=False),
@@ -112,7 +129,8 @@ def finetune_cmd(**o):
                          seed=o["seed"], device=str(dev),
                          weights=o["weights"], teacher=o["teacher"], teacher_memory=o["teacher_memory"],
                          teacher_steps=o["teacher_steps"], guidance=o["guidance"], time_limit=o["time_limit"],
-                         resume=o["resume"], log_every=o["log_every"], grad_checkpoint=o["grad_checkpoint"])
+                         resume=o["resume"], log_every=o["log_every"], grad_checkpoint=o["grad_checkpoint"],
+                         history=o["history"], opening_seconds=o["opening_seconds"])
     if targets is not None:  # a wrong name is a usage error, found on the model before any training
         from fademem.embedded import load
         from fademem.pipeline.finetune_lora import lora_targets
