@@ -40,3 +40,36 @@ def test_generate_with_the_fast_decode_gives_the_plain_video(tmp_path, monkeypat
               for n in ("plain", "fast")]
     assert videos[0].shape[0] == 4 * 6 - 3 and torch.equal(videos[0], videos[1])
     assert load_state(tmp_path / "s.state")["video"]["frames"] == videos[1].shape[0]
+
+
+def test_resume_takes_the_speed_options_of_a_fresh_run(tmp_path, monkeypatch):
+    """A Wan run resumed with --resume goes through the same speed options as a fresh run (compiled by default
+    on CUDA, where the run being resumed was compiled too): with the fast decode forced on the CPU, the
+    resumed run says so and finishes the uninterrupted run's video; --precision fp8 is refused."""
+    from test_vae_text import TEXT_DIM, Z_DIM, make_wan_dir
+
+    import fademem.pipeline.fast as fast
+    from fademem.pipeline.video_io import iter_video_frames
+    from fademem.wan.checkpoints import save_generator
+
+    wan = make_wan_dir(tmp_path / "wan")
+    torch.manual_seed(0)
+    ckpt = save_generator(CausalWanModel(WanConfig.tiny(in_dim=Z_DIM, out_dim=Z_DIM, text_dim=TEXT_DIM, text_len=512)),
+                          tmp_path / "gen.safetensors")
+    base = ["generate", "--prompt", "a cat runs", "--seconds", "1", "--memory", "sink", "--checkpoint", str(ckpt),
+            "--wan-dir", str(wan), "--device", "cpu", "--height", "32", "--width", "48", "--crf", "0"]
+    res = CliRunner().invoke(main, base + ["--out", str(tmp_path / "whole.mp4"), "--compile", "none"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    monkeypatch.setattr(fast, "fast_decode", lambda mode, device: True)
+    state = str(tmp_path / "s.state")
+    res = CliRunner().invoke(main, base + ["--out", str(tmp_path / "cut.mp4"), "--state", state,
+                                           "--stop-after-chunks", "1"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    res = CliRunner().invoke(main, ["generate", "--resume", state, "--precision", "fp8"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["generate", "--resume", state])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "side CUDA stream" in res.output
+    videos = [torch.stack([torch.as_tensor(f) for f in iter_video_frames(str(tmp_path / f"{n}.mp4"))])
+              for n in ("whole", "cut")]
+    assert torch.equal(videos[0], videos[1])

@@ -142,7 +142,7 @@ def resume(ctx: click.Context, resume_path, state_path, every, stop_after) -> No
     from click.core import ParameterSource
 
     from fademem.cli.common import check_device, check_seconds, resolve_memory_option
-    from fademem.cli.generate import _generate_embedded, _generate_wan
+    from fademem.cli.generate import _fast_options, _generate_embedded, _generate_wan
     from fademem.cli.generate_input import StartFrom
     from fademem.pipeline.state import StateError, load_state, read_header
     from fademem.pipeline.video_io import count_frames
@@ -199,9 +199,14 @@ def resume(ctx: click.Context, resume_path, state_path, every, stop_after) -> No
     click.echo(f"resuming {resume_path}: {start} latent frames done, {state['video']['frames']} video frames in "
                f"{saved['out']}", err=True)
     start_from = StartFrom.from_state(cli)
+    # the speed options as a fresh run takes them (compiled by default on CUDA, as the run being resumed was)
+    fast = _fast_options(p["compile_mode"], p["precision"], p["low_memory"], dev, cli.get("kind") != "wan")
+    if fast["fp8"]:
+        raise click.UsageError("--resume is not available with --precision fp8: the state continues the "
+                               "generator in its dtype")
     if cli.get("kind") == "wan":
         _generate_wan(checkpoint=saved["checkpoint"], lora=saved["lora"], wan_dir=saved["wan_dir"], start=start_from,
-                      **args)
+                      fast=fast, **args)
     else:
         _generate_embedded(weights=saved["weights"], opening=saved["opening"], start=start_from,
                            lora=saved.get("lora") or (), **args)
