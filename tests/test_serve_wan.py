@@ -67,3 +67,33 @@ def test_wan_page_streams_switches_and_its_state_resumes(wan, tmp_path):  # noqa
     res = CliRunner().invoke(main, ["generate", "--resume", str(st), "--seconds", "3"])
     assert res.exit_code == 0, res.output
     assert count_frames(saved["cli"]["out"]) == 4 * latent_frames_for_seconds(3) - 3  # continued to 3 s
+
+
+def test_wan_page_merges_the_adapter_a_policy_declares(wan, tmp_path):  # noqa: F811
+    """A policy that brings its own generator adapter (FadeMem-FT's ``lora=DIR``) runs on the Wan page with it
+    merged, as ``generate`` runs it; a plain policy runs the loaded generator; the merged copy is kept."""
+    import copy
+
+    import torch
+
+    from fademem.pipeline.finetune_lora import add_lora, lora_targets, save_lora
+    from fademem.wan.lora import load_lora
+
+    ckpt, wan_dir = wan
+    model = wan_model(ckpt, wan_dir, device="cpu", dtype="float32", height=32, width=48)
+    plain = model.build("fademem:budget=6")
+    assert plain is model.build("sink") and plain.model is model.build("window").model
+    trained = copy.deepcopy(plain.model)
+    params = add_lora(trained, lora_targets(trained, ["self_attn.q", "self_attn.v"]), 4, 4.0)
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.05)  # a LoRA that changes the generator (peft starts B at zero)
+    save_lora(trained, tmp_path / "ft", 4, 4.0, lora_targets(plain.model, ["self_attn.q", "self_attn.v"]))
+    spec = f"fademem:budget=6,lora={tmp_path / 'ft'}"
+    ft = model.build(spec)
+    assert ft is not plain and ft.model is not plain.model and model.build(spec) is ft
+    assert ft.decoder is plain.decoder and ft.text_encoder is plain.text_encoder
+    want = load_lora(copy.deepcopy(plain.model), tmp_path / "ft")
+    sd, ref = ft.model.state_dict(), want.state_dict()
+    assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in sd)
+    assert any(not torch.equal(sd[k], plain.model.state_dict()[k]) for k in sd)

@@ -72,12 +72,33 @@ def wan_model(checkpoint, wan_dir, lora=(), device="cuda", dtype="bfloat16", hei
     loads it; FileNotFoundError / ValueError for missing or mismatched files."""
     import torch
 
-    from fademem.pipeline import load_wan_pipeline
+    from fademem.pipeline import generator_for_memory, load_wan_pipeline
 
     pipe = load_wan_pipeline(checkpoint, wan_dir, lora=list(lora), device=device, dtype=getattr(torch, dtype),
                              context_noise=context_noise)
-    return LiveModel(name="wan", build=lambda spec: pipe, latent_shape=(pipe.decoder.z_dim, height // 8, width // 8),
+    merged: dict = {}  # the last policy's generator with its adapter merged (one kept: a 1.3B copy is large)
+
+    def build(spec: str):
+        if spec in merged:
+            return merged[spec]
+        model = generator_for_memory(pipe.model, spec)  # e.g. FadeMem-FT's lora=DIR, the compressor's LoRA
+        if model is pipe.model:
+            return pipe
+        merged.clear()
+        merged[spec] = _with_model(pipe, model)
+        return merged[spec]
+
+    return LiveModel(name="wan", build=build, latent_shape=(pipe.decoder.z_dim, height // 8, width // 8),
                      fps=float(pipe.fps), temporal_stride=4, frame_size=(height, width), files=[checkpoint, *lora],
                      cli=dict(kind="wan", checkpoint=os.path.abspath(checkpoint),
                               lora=[os.path.abspath(x) for x in lora], wan_dir=os.path.abspath(wan_dir),
                               height=height, width=width))
+
+
+def _with_model(pipe, model):
+    """The same pipeline around another generator (its text encoder and decoder shared)."""
+    import copy
+
+    out = copy.copy(pipe)
+    out.model = model
+    return out
