@@ -47,19 +47,16 @@ def self_rollout(pipe, prompts: list[str], opening: torch.Tensor | None, n: int,
 def sampler_input(pipe, session, k: int, shape, gen: torch.Generator) -> torch.Tensor:
     """The sampler's input at its level ``k`` for the chunk at ``session.start``: noise [``shape``] (from
     ``gen``) run through the first ``k`` denoising steps exactly as ``VideoPipeline._denoise_chunk`` runs them
-    (the schedule's timesteps, the session's text context and memory read, ``x0 = x - sigma v`` then re-noised
-    to the next level with fresh noise; Euler steps for ``update="ode"`` pipelines). ``k = 0``: pure noise."""
+    (the schedule's timesteps, the session's text context and memory read, ``VideoPipeline.denoise_step`` with
+    fresh noise from ``gen``). ``k`` below the number of levels; ``k = 0``: pure noise."""
     sched, start = pipe.schedule, session.start
-    sig = sched.sigmas
     x = torch.randn(shape, device=gen.device, generator=gen).to(session.device, session.dtype)
     for i in range(k):
         tt = torch.full((shape[0], shape[2]), sched.timesteps[i], device=x.device, dtype=torch.float32)
         v = pipe.model(x, tt, session.ctx, memory=session.stack, start_frame=start, write_memory=False)
-        if pipe.update == "ode":
-            x = sched.euler_step(x, v, sig[i], sig[i + 1])
-        else:
-            noise = torch.randn(shape, device=gen.device, generator=gen).to(x.device, x.dtype)
-            x = sched.add_noise(sched.x0_from_flow(x, v, sig[i]), noise, sig[i + 1])
+        noise = None if pipe.update == "ode" else \
+            torch.randn(shape, device=gen.device, generator=gen).to(x.device, x.dtype)
+        x = pipe.denoise_step(x, v, i, noise)[1]
     return x
 
 

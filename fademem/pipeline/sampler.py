@@ -251,13 +251,20 @@ class VideoPipeline:
         for i, t in enumerate(sched.timesteps):
             tt = torch.full((batch, fpc), t, device=device, dtype=torch.float32)
             v = forward(x, tt, ctx, memory=stack, start_frame=start, write_memory=False)
-            x0 = sched.x0_from_flow(x, v, sched.sigmas[i])
-            if i + 1 < n:
-                if self.update == "ode":  # Euler: x + (s' - s) v = x0 + s' * (x - x0) / s
-                    x = sched.euler_step(x, v, sched.sigmas[i], sched.sigmas[i + 1])
-                else:
-                    x = sched.add_noise(x0, renoise[i], sched.sigmas[i + 1])
+            x0, x = self.denoise_step(x, v, i, renoise[i] if i + 1 < n and self.update != "ode" else None)
         return x0
+
+    def denoise_step(self, x: torch.Tensor, v: torch.Tensor, i: int, renoise: torch.Tensor | None):
+        """One sampler step from level ``i`` given the flow ``v`` predicted at ``x``: (x0 prediction, the input
+        at level ``i + 1``: an Euler step for ``update="ode"``, else x0 re-noised with ``renoise``; None after
+        the last level)."""
+        sched = self.schedule
+        x0 = sched.x0_from_flow(x, v, sched.sigmas[i])
+        if i + 1 >= len(sched.timesteps):
+            return x0, None
+        if self.update == "ode":  # Euler: x + (s' - s) v = x0 + s' * (x - x0) / s
+            return x0, sched.euler_step(x, v, sched.sigmas[i], sched.sigmas[i + 1])
+        return x0, sched.add_noise(x0, renoise, sched.sigmas[i + 1])
 
     def _write_memory(self, stack, ctx, x0, start, g_step, fpc, randn) -> None:
         batch = x0.shape[0]
