@@ -14,7 +14,8 @@ default on CUDA), torch's on-disk compile caches, and an FP8 mode for the DiT's 
   weights in ``torch.channels_last_3d`` (cuDNN then picks its NDHWC conv3d kernels) and decodes each
   chunk on a side CUDA stream beside the next chunk's DiT (``VideoPipeline.overlap_decode``). On one
   H200 (1.3B, bf16, 480x832, fademem:budget=12, end to end) ``fademem bench speed`` measured 550 ms
-  per chunk compiled, 538 with the overlap and 497 with both.
+  per chunk compiled, 543 with the overlap and 499 with both (medians, the overlap's drained last chunk
+  left out).
 * ``check_fp8(device)`` / ``apply_fp8(model)``: torchao's float8 recipe (dynamic per-row float8
   activations and weights, ``Float8DynamicActivationFloat8WeightConfig``) on every ``nn.Linear``
   inside the transformer blocks. It needs a CUDA GPU of compute capability >= 8.9 (Ada, Hopper or
@@ -168,7 +169,7 @@ def decoder_channels_last(decoder) -> int:
     Why: with NCDHW (contiguous) weights cuDNN runs the Wan decoder's 3x3x3 causal convs with NCDHW kernels
     plus layout transposes; with NDHWC weights it picks its channels-last conv3d kernels and the
     activations stay NDHWC from conv to conv. The values are the same up to kernel rounding; on an H200 end
-    to end it took a compiled chunk from ~538 to ~497 ms with the overlap.
+    to end it took a compiled chunk from ~543 to ~499 ms with the overlap.
     The other weights (norm scales, biases, the 1x1x1 post-quant conv outside the decoder) are left alone."""
     vae = getattr(decoder, "vae", None)
     module = getattr(vae, "decoder", None) if vae is not None else decoder
