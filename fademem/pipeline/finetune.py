@@ -116,9 +116,17 @@ class FinetuneConfig:
         """history="self": the true latent frames before the rollout (whole chunks, at least one)."""
         return CHUNK * max(1, round(self.opening_seconds * fps / CHUNK))
 
+    def check_opening(self, fps: int) -> None:
+        """history="self": the opening is shorter than the history at ``fps`` (ValueError otherwise)."""
+        if self.history == "self" and self.opening_frames(fps) >= self.history_frames(fps):
+            raise ValueError(f"the opening ({self.opening_seconds:g} s: {self.opening_frames(fps)} latent "
+                             f"frames) must be shorter than the history ({self.seconds:g} s: "
+                             f"{self.history_frames(fps)} frames), so that part of it is generated")
+
     def validate(self, fps: int = EmbeddedConfig.fps) -> None:
         """ValueError (FileNotFoundError for files) for anything wrong, before any work (``fps``: the
-        bundle's, for the opening's length in frames; ``finetune`` checks again with the bundle's own)."""
+        bundle's, for the opening's length in frames; ``finetune`` checks the opening again with the bundle's
+        own, ``check_opening``)."""
         from fademem.memory import build_memory
 
         if self.history not in ("true", "self"):
@@ -129,10 +137,7 @@ class FinetuneConfig:
                                  "history has no true next chunk to regress onto, only the teacher's answer")
             if not (math.isfinite(self.opening_seconds) and self.opening_seconds > 0):
                 raise ValueError(f"opening_seconds must be a positive number, got {self.opening_seconds!r}")
-            if self.opening_frames(fps) >= self.history_frames(fps):
-                raise ValueError(f"the opening ({self.opening_seconds:g} s: {self.opening_frames(fps)} latent "
-                                 f"frames) must be shorter than the history ({self.seconds:g} s: "
-                                 f"{self.history_frames(fps)} frames), so that part of it is generated")
+            self.check_opening(fps)
 
         if self.preset not in LORA_PRESETS:
             raise ValueError(f"unknown LoRA preset {self.preset!r}: expected one of {', '.join(LORA_PRESETS)}")
@@ -314,7 +319,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path, bundle: EmbeddedBundle | None
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     bundle = bundle if bundle is not None else load(cfg.weights, device=device)
-    cfg.validate(bundle.cfg.fps)  # the opening against the history at the bundle's frame rate
+    cfg.check_opening(bundle.cfg.fps)  # the opening against the history at the bundle's frame rate
     opening = cfg.opening_frames(bundle.cfg.fps) if cfg.history == "self" else None
     bundle.to(device)
     model = bundle.model.eval()
