@@ -18,14 +18,12 @@ from fademem.pipeline.fast import apply_fast_decode, decoder_channels_last, fast
 from fademem.pipeline.state import load_state, save_state
 from fademem.wan.model import CausalWanModel, WanConfig
 
-SHAPE = (16, 4, 6)
+try:
+    from tests.test_speed_paths import SHAPE, Text
+except ImportError:  # pragma: no cover - run from tests/
+    from test_speed_paths import SHAPE, Text
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-class Text:
-    def encode(self, prompts):
-        g = torch.Generator().manual_seed(len(prompts[0]))
-        return torch.randn(len(prompts), 8, 32, generator=g)
 
 
 @pytest.fixture(scope="module")
