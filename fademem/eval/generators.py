@@ -173,7 +173,6 @@ class WanGenerator:
         return False
 
     def frames(self, prompt: str, spec: str, seed: int, seconds: float) -> np.ndarray:
-        import copy
 
         from fademem.pipeline import latent_frames_for_seconds
 
@@ -184,8 +183,7 @@ class WanGenerator:
             self._convert_and_compile()
         pipe = base
         if self._models[spec] is not base.model:  # the policy's adapter merged into a copy: same pipeline around it
-            pipe = copy.copy(base)
-            pipe.model = self._models[spec]
+            pipe = base.with_model(self._models[spec])
         n = latent_frames_for_seconds(seconds, fps=self.fps, temporal_stride=WAN_TEMPORAL_STRIDE)
         shape = (base.decoder.z_dim, self.height // 8, self.width // 8)
         return _frames(pipe.generate(prompt, n, memory=spec, seed=seed, latent_shape=shape, progress=False))

@@ -163,6 +163,19 @@ class VideoPipeline:
     def fps(self) -> float:
         return float(getattr(self.decoder, "fps", 16))
 
+    def with_model(self, model) -> VideoPipeline:
+        """The same pipeline (text encoder, decoder, schedule, options) around another generator, e.g. one a
+        policy's adapter was merged into; a CUDA graph is captured anew for it, never replayed from this one."""
+        import copy
+
+        out = copy.copy(self)
+        out.model = model
+        if self.graphed is not None:
+            from fademem.pipeline.cuda_graph import GraphedDenoiser
+
+            out.graphed = GraphedDenoiser(model)
+        return out
+
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         p = _param(self.model)
         if p is None:

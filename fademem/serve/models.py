@@ -85,7 +85,7 @@ def wan_model(checkpoint, wan_dir, lora=(), device="cuda", dtype="bfloat16", hei
         if model is pipe.model:
             return pipe
         merged.clear()
-        merged[spec] = _with_model(pipe, model)
+        merged[spec] = pipe.with_model(model)
         return merged[spec]
 
     return LiveModel(name="wan", build=build, latent_shape=(pipe.decoder.z_dim, height // 8, width // 8),
@@ -94,11 +94,3 @@ def wan_model(checkpoint, wan_dir, lora=(), device="cuda", dtype="bfloat16", hei
                               lora=[os.path.abspath(x) for x in lora], wan_dir=os.path.abspath(wan_dir),
                               height=height, width=width))
 
-
-def _with_model(pipe, model):
-    """The same pipeline around another generator (its text encoder and decoder shared)."""
-    import copy
-
-    out = copy.copy(pipe)
-    out.model = model
-    return out
