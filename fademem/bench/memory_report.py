@@ -136,12 +136,14 @@ def plot(report: dict, path: str) -> str:
     x = np.arange(len(labels))
     handles = []
     seen = {key: ([], []) for key, _ in panels}
-    for res, name in zip(ok, names):
+    # one colour per policy: the default cycle repeats after 10 (a merged run has more)
+    colours = plt.get_cmap("tab10" if len(ok) <= 10 else "tab20").colors
+    for i, (res, name) in enumerate(zip(ok, names)):
         for k, (ax, (key, _)) in enumerate(zip(axes, panels)):
             src = res["identity"] if key == "identity" else res.get("revisit", res["summary"])
             b = src[f"{key}_by_lag"]
             mean = _arr(b["mean"])
-            line, = ax.plot(x, mean, marker="o", lw=1.6, label=name)
+            line, = ax.plot(x, mean, marker="o", lw=1.6, label=name, color=colours[i % len(colours)])
             low, high = band(b, key, cfg)
             ax.fill_between(x, low, high, color=line.get_color(), alpha=0.12, lw=0)
             few = np.isfinite(mean) & ~np.isfinite(low)
