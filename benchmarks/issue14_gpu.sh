@@ -1,14 +1,36 @@
 #!/bin/bash
-# Issue 14 on one H200, one device call (hard limit 600 s): memory benchmark v2 at its GPU default,
-# 48 episodes x 60 s, every policy at budget 12, the critic's identity score on revisits.
+# Issue 14 on one H200, one device call each (hard limit 600 s).
+#   bash benchmarks/issue14_gpu.sh [bench]      # memory benchmark v2 at its GPU default: 48 episodes x 60 s, every
+#                                               # policy at budget 12, the critic's identity score on revisits
+#   bash benchmarks/issue14_gpu.sh compressor   # train the v2 compressor (retrieval pretraining, then generator
+#                                               # LoRA), ISSUE14_PRETRAIN (90) + ISSUE14_FINETUNE (200) seconds
+#   bash benchmarks/issue14_gpu.sh compressor-bench FILE  # its rows on the same 48 episodes (merge them with
+#                                               # `fademem bench memory --merge` into the nine-policy run)
 # bench memory writes its report after every finished policy and on SIGINT, and --time-budget skips a
 # policy forecast not to fit, so a call that runs out of time keeps what finished.
-# Writes into $OUT/memory: memory.json, memory.txt, memory.png; and $OUT/issue14.log.
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 OUT=${OUT:-out/issue14}
 mkdir -p "$OUT"
-POLICIES=${ISSUE14_POLICIES:-full,window,sink,fademem,memrope,deepforcing,omnimem,memflow,fademem:adaptive=cut}
-timeout -s INT -k 15 "${ISSUE14_LIMIT:-560}" python3 -m fademem.cli bench memory --device cuda \
-  --critic training/embedded_v2/critic.safetensors --episodes 48 --seconds 60 --no-progress \
-  --time-budget "${ISSUE14_BUDGET:-520}" --policies "$POLICIES" --out "$OUT/memory" 2>&1 | tee "$OUT/issue14.log" \
-  | grep -v "^skipped benchmark scene"
+bench() {  # $1: policies, $2: output folder name
+  timeout -s INT -k 15 "${ISSUE14_LIMIT:-560}" python3 -m fademem.cli bench memory --device cuda \
+    --critic training/embedded_v2/critic.safetensors --episodes 48 --seconds 60 --no-progress \
+    --time-budget "${ISSUE14_BUDGET:-520}" --policies "$1" --out "$OUT/$2" 2>&1 | tee "$OUT/$2.log" \
+    | grep -v "^skipped benchmark scene"
+}
+case "${1:-bench}" in
+  bench)
+    bench "${ISSUE14_POLICIES:-full,window,sink,fademem,memrope,deepforcing,omnimem,memflow,fademem:adaptive=cut}" memory
+    ;;
+  compressor)
+    P=${ISSUE14_PRETRAIN:-90} F=${ISSUE14_FINETUNE:-200}
+    timeout -s INT -k 15 $(( P + F + 90 )) python3 -m fademem.cli train-compressor --device cuda --workers 12 \
+      --pretrain-seconds "$P" --finetune-seconds "$F" --out "$OUT/compressor.safetensors" 2>&1 | tee "$OUT/compressor.log"
+    ;;
+  compressor-bench)
+    # equal visible tokens to 12 raw frames: 4 raw (+ up to 3 waiting) + 40 groups of 1/8 frame each (rate 4x4x2)
+    W=${2:?usage: $0 compressor-bench FILE}
+    bench "compressor:weights=$W,window=4,budget=40,compressor:weights=$W,window=4,budget=40,generator_lora=false" \
+      compressor
+    ;;
+  *) echo "usage: $0 bench|compressor|compressor-bench FILE" >&2; exit 2 ;;
+esac

@@ -299,19 +299,38 @@ def test_world_stage_smoke_with_the_embedded_model():
 
 
 # -- the shipped compressor ------------------------------------------------------------------------------------
-def test_compressor_without_weights_on_the_shipped_model_is_a_clear_error(tmp_path):
-    # no compressor ships for the v2 embedded model yet (the v1 one fitted only the v1 model): the run
-    # must refuse before generating and say how to get weights
+def test_compressor_without_weights_is_a_clear_error_before_generating(tmp_path, monkeypatch):
+    # a package without a compressor file (or a user's stripped install): refuse before generating, say how
     from click.testing import CliRunner
 
     from fademem.cli import main
 
+    monkeypatch.setattr(MC, "default_path", lambda: tmp_path / "absent.safetensors")
     out = tmp_path / "c.mp4"
     prompt = "a large red circle bouncing over a striped blue background , camera is static"
     res = CliRunner().invoke(main, ["generate", "--prompt", prompt, "--seconds", "3", "--memory", "compressor",
                                     "--device", "cpu", "--out", str(out)])
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert "no weights given" in res.output and "train-compressor" in res.output and not out.exists()
+
+
+def test_shipped_compressor_fits_the_shipped_model_and_generates(tmp_path):
+    # the v2 compressor ships (fademem/assets/compressor.safetensors): trained for the shipped model's K/V
+    # (layers, heads, head_dim, token grid), with its generator LoRA; `--memory compressor` runs as is
+    from click.testing import CliRunner
+
+    from fademem import embedded
+    from fademem.cli import main
+
+    shipped = MC.load(MC.default_path())
+    cfg, model_cfg = shipped.compressor.cfg, embedded.load().model.config
+    assert cfg.layers == model_cfg.num_layers and cfg.heads == model_cfg.num_heads
+    assert cfg.head_dim == model_cfg.dim // model_cfg.num_heads and cfg.rate == "4x4x2" and shipped.lora
+    out = tmp_path / "c.mp4"
+    prompt = "a large red circle bouncing over a striped blue background , camera is static"
+    res = CliRunner().invoke(main, ["generate", "--prompt", prompt, "--seconds", "3", "--memory", "compressor",
+                                    "--device", "cpu", "--out", str(out)])
+    assert res.exit_code == 0 and out.stat().st_size > 0, res.output
 
 
 def test_train_compressor_cli_smoke(tmp_path):
