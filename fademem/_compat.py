@@ -7,13 +7,15 @@ torchvision::nms does not exist"); diffusers and transformers import torchvision
 so the Wan VAE and UMT5 would fail to load in such an environment (a CPU CI with the eval extra). In
 exactly that case the two operator schemas torchvision's import registers unconditionally (nms, qnms)
 are declared without kernels (calling them raises; nothing fademem runs uses them) and the import is
-retried. Every other failure is left as it is.
+retried. Every other failure is left as it is. It also quiets one import-time warning of bitsandbytes
+(below).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 
 __all__ = ["hf_ready"]
@@ -26,6 +28,10 @@ def hf_ready():
     """Make ``import torchvision`` (and so diffusers / transformers) work; returns torchvision or None when
     it is not installed."""
     global _SHIM, _CHECKED  # noqa: PLW0603
+    # peft imports bitsandbytes when it is installed (pyiqa, in the eval extra, brings it); on a CPU with
+    # AVX512-BF16 that import warns that an optional Hub kernel ("kernels-community") is missing, in the
+    # middle of a user's `--lora` run. Nothing fademem runs uses 4-bit kernels.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     if importlib.util.find_spec("torchvision") is None:
         return None
     try:

@@ -115,3 +115,16 @@ def test_bench_memory_takes_the_spec_as_given():
     specs = parse_policies(f"fademem,{SPEC}")
     assert specs == ["fademem", SPEC]
     assert budget_spec(SPEC, 12) == (SPEC, "given spec (taken as is)")
+
+
+def test_peft_import_is_quiet_after_hf_ready():
+    # with the eval extra, peft imports bitsandbytes, whose CPU backend warns about a missing optional Hub
+    # kernel on AVX512-BF16 machines: a `--memory ...,lora=shipped` run must not print that to the user
+    import subprocess
+    import sys
+
+    pytest.importorskip("peft")
+    code = "import logging; logging.basicConfig(); from fademem._compat import hf_ready; hf_ready(); import peft"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "kernels-community" not in res.stderr and "gemm_4bit" not in res.stderr, res.stderr
