@@ -6,6 +6,13 @@
 #                                               # LoRA), ISSUE14_PRETRAIN (90) + ISSUE14_FINETUNE (200) seconds
 #   bash benchmarks/issue14_gpu.sh compressor-bench FILE  # its rows on the same 48 episodes (merge them with
 #                                               # `fademem bench memory --merge` into the nine-policy run)
+#   bash benchmarks/issue14_gpu.sh teacher|critic|distill  # one training lease of ISSUE14_MINUTES (7.6) that
+#                                               # resumes training/embedded_v2/<stage> (the student: from the
+#                                               # teacher); the weights come back in $OUT, split in 15 MiB parts
+#                                               # over the device's 16 MiB per file: cat $OUT/X.part_* > X
+# The tracked tree with the teacher, the shipped student and the shipped compressor is over the device's
+# 64 MiB: move fademem/assets/compressor.safetensors out of the checkout for a training call, and
+# training/embedded_v2/teacher.safetensors for a benchmark call (training/embedded_v2/README.md).
 # bench memory writes its report after every finished policy and on SIGINT, and --time-budget skips a
 # policy forecast not to fit, so a call that runs out of time keeps what finished.
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
@@ -32,5 +39,15 @@ case "${1:-bench}" in
     bench "compressor:weights=$W,window=4,budget=40,compressor:weights=$W,window=4,budget=40,generator_lora=false" \
       compressor
     ;;
-  *) echo "usage: $0 bench|compressor|compressor-bench FILE" >&2; exit 2 ;;
+  teacher|critic|distill)
+    # teacher: object weight 1 and half revisit batches (session 10's lease); distill: guidance 3, half revisit
+    EXTRA=(); [ "$1" = teacher ] && EXTRA=(--object-weight "${ISSUE14_OBJECT_WEIGHT:-1}" --revisit-p 0.5)
+    [ "$1" = distill ] && EXTRA=(--guidance 3 --revisit-p 0.5)
+    M=${ISSUE14_MINUTES:-7.6}
+    timeout -s INT -k 15 "$(python3 -c "print(int($M * 60 + 90))")" python3 benchmarks/train_embedded_v2.py \
+      --stage "$1" --minutes "$M" --workers 15 "${EXTRA[@]}" --out "$OUT" 2>&1 | tee "$OUT/$1.log" | tail -c 600
+    W=training/embedded_v2/$1.safetensors; [ "$1" = distill ] && W=training/embedded_v2/student.safetensors
+    split -b 15M "$W" "$OUT/$(basename "$W").part_" && ls -l "$OUT"
+    ;;
+  *) echo "usage: $0 bench|compressor|compressor-bench FILE|teacher|critic|distill" >&2; exit 2 ;;
 esac
