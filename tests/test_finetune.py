@@ -243,7 +243,7 @@ def test_resume_continues_from_the_saved_lora(tmp_path):
     assert a.keys() == b.keys() and any(float(t.abs().max()) > 0 for k, t in a.items() if "lora_B" in k)
     assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
     (tmp_path / "c").mkdir()
-    with pytest.raises(ValueError, match="not a LoRA directory"):
+    with pytest.raises(ValueError, match="not a LoRA adapter directory"):
         FinetuneConfig(memory=SPEC, resume=str(tmp_path / "c")).validate()
 
 

@@ -121,17 +121,22 @@ class GeneratorAdapter:
     alpha: float | None
     source: str
 
+    PEFT_FILES: ClassVar[tuple[str, str]] = ("adapter_config.json", "adapter_model.safetensors")
+
     @classmethod
-    def from_peft_dir(cls, path: str) -> GeneratorAdapter:
-        """The peft LoRA adapter directory at ``path`` (``adapter_config.json`` + ``adapter_model.safetensors``,
-        as ``fademem finetune`` and peft's ``save_pretrained`` write), to be read when merged. ValueError
-        naming what is missing."""
+    def check_peft_dir(cls, path: str, what: str) -> None:
+        """ValueError naming ``what`` unless ``path`` holds a peft LoRA adapter directory's two files (as
+        ``fademem finetune`` and peft's ``save_pretrained`` write them); nothing is read."""
         import os
 
-        if not all(os.path.isfile(os.path.join(path, f)) for f in ("adapter_config.json",
-                                                                    "adapter_model.safetensors")):
-            raise ValueError(f"lora={path}: not a LoRA adapter directory (needs adapter_config.json and "
-                             "adapter_model.safetensors, e.g. the output of `fademem finetune`)")
+        if not all(os.path.isfile(os.path.join(path, f)) for f in cls.PEFT_FILES):
+            raise ValueError(f"{what}: not a LoRA adapter directory (needs {' and '.join(cls.PEFT_FILES)}, e.g. "
+                             "the output of `fademem finetune`)")
+
+    @classmethod
+    def from_peft_dir(cls, path: str) -> GeneratorAdapter:
+        """The peft LoRA adapter directory at ``path``, to be read when merged (``check_peft_dir``)."""
+        cls.check_peft_dir(path, f"lora={path}")
         return cls(None, None, path)
 
 

@@ -158,7 +158,7 @@ class FinetuneConfig:
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{what} file not found: {path}")
         if self.resume is not None:
-            check_adapter_dir(self.resume)  # ValueError when it is no LoRA directory of ours
+            check_adapter_dir(self.resume, f"--resume {self.resume}")  # ValueError: no LoRA directory
 
 
 class _GuidedText:

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
+from fademem.memory.base import GeneratorAdapter
+
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = GeneratorAdapter.PEFT_FILES  # the files a LoRA directory holds
 # preset -> (default rank, module names inside a block; None = every nn.Linear of the block)
 LORA_PRESETS: dict[str, tuple[int, tuple[str, ...] | None]] = {
     "attn-ffn": (16, ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "ffn.0", "ffn.2")),
@@ -95,13 +96,11 @@ def save_lora(model: nn.Module, out: str | Path, rank: int, alpha: float, target
     return out
 
 
-def check_adapter_dir(path: str | Path) -> Path:
-    """``path`` when it holds a LoRA directory's two files (nothing read); ValueError otherwise."""
-    path = Path(path)
-    if not (path / ADAPTER_CONFIG).is_file() or not (path / ADAPTER_WEIGHTS).is_file():
-        raise ValueError(f"{path} is not a LoRA directory of `fademem finetune` (needs {ADAPTER_CONFIG} and "
-                         f"{ADAPTER_WEIGHTS})")
-    return path
+def check_adapter_dir(path: str | Path, what: str | None = None) -> Path:
+    """``path`` when it holds a LoRA directory's two files (nothing read); ValueError naming ``what`` (default:
+    the path) otherwise: the memory layer's check, which ``lora=DIR`` policy knobs use too."""
+    GeneratorAdapter.check_peft_dir(str(path), what or str(path))
+    return Path(path)
 
 
 def read_adapter(path: str | Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
