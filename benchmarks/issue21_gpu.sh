@@ -6,10 +6,11 @@
 # ISSUE21_HISTORY=self: histories are the model's own rollouts after a 2 s true opening (Self-Forcing)
 #   bash benchmarks/issue21_gpu.sh realsize  # 3 FadeMem-FT steps at the Wan 1.3B config (random weights, 480x832,
 #                                            # 20 s history), without and with gradient checkpointing (~2-4 min)
-# The LoRA lives in training/embedded_v2/ft_lora (commit it after each train call; it comes back in $OUT).
+# The LoRA resumed is the shipped one, fademem/assets/fademem_ft_lora; a call's LoRA comes back in $OUT/ft_lora
+# (copy it there and commit it when it is better; its training record: docs/results/).
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 OUT=${OUT:-out/issue21}
-LORA=training/embedded_v2/ft_lora
+LORA=fademem/assets/fademem_ft_lora
 mkdir -p "$OUT"
 case "$1" in
   train)
