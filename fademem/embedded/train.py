@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from torch.utils.data import DataLoader
 
 from fademem.embedded.bundle import (
@@ -94,6 +95,8 @@ class TrainConfig:
     revisit_context: int = 128  # most context frames of a revisit example (its 'full' rule, up to this many)
     text_dropout: float = 0.0  # share of examples trained without their prompt (zero text context): the
     #                            unconditional branch classifier-free guidance needs (distillation with guidance)
+    attention: str = "sdpa"  # "flex": the frame mask as a flex_attention BlockMask (compiled on CUDA) instead of
+    #                          a dense bool mask, which keeps SDPA off its flash kernels
 
 
 def degrade(frames: torch.Tensor, n_ctx: int, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -145,9 +148,17 @@ def frame_mask(chunks: torch.Tensor, n_ctx: int, copies: int = 1) -> torch.Tenso
     return out
 
 
-def token_mask(batch: dict, n_ctx: int, tokens_per_frame: int, device, copies: int = 1) -> torch.Tensor:
-    """The example's frame mask (``frame_mask``) expanded to tokens, on ``device``."""
+def token_mask(batch: dict, n_ctx: int, tokens_per_frame: int, device, copies: int = 1, flex: bool = False):
+    """The example's frame mask (``frame_mask``) expanded to tokens, on ``device``: dense bool [L, L], or
+    (``flex``) the same mask as a flex_attention ``BlockMask``."""
     mask = frame_mask(batch["chunks"], n_ctx, copies).to(device)
+    if flex:
+        n = mask.shape[0] * tokens_per_frame
+
+        def mask_mod(b, h, q, kv):
+            return mask[q // tokens_per_frame, kv // tokens_per_frame]
+
+        return create_block_mask(mask_mod, None, None, n, n, device=device)
     return mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
 
 
@@ -258,7 +269,7 @@ def batch_loss(model, text, codec, batch: dict, cfg: TrainConfig, sched_sigmas: 
     noise = torch.randn(x_in.shape, device=device, generator=gen)
     s5 = sig_f[:, None, :, None, None]
     xt = (1 - s5) * x_in + s5 * noise
-    mask = token_mask(batch, n_ctx, (x_in.shape[-1] // 2) ** 2, device, k)
+    mask = token_mask(batch, n_ctx, (x_in.shape[-1] // 2) ** 2, device, k, flex=cfg.attention == "flex")
     positions = batch["positions"]
     positions = torch.cat([positions[:n_ctx], positions[n_ctx:].repeat(k)]).to(device)
     with amp:
@@ -279,6 +290,15 @@ def batch_loss(model, text, codec, batch: dict, cfg: TrainConfig, sched_sigmas: 
     return loss
 
 
+def use_compiled_flex(device: str) -> None:
+    """On CUDA, flex_attention compiled (dynamic: the context length varies by batch) for every BlockMask
+    attention of this process; eager flex_attention (the default, and on the CPU) is a reference, not fast."""
+    if device.startswith("cuda"):
+        from fademem.wan import layers
+
+        layers.flex_attention_fn = torch.compile(flex_attention, dynamic=True)
+
+
 def _save_ema(bundle: EmbeddedBundle, params, ema, out, info: dict, schedule: SamplingSchedule) -> None:
     """Save with the EMA weights swapped in, then restore the live ones."""
     with torch.no_grad():
@@ -292,6 +312,18 @@ def _save_ema(bundle: EmbeddedBundle, params, ema, out, info: dict, schedule: Sa
 
 
 def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) -> dict:
+    if cfg.loss not in ("x0", "v"):
+        raise ValueError(f"loss must be 'x0' or 'v', got {cfg.loss!r}")
+    if cfg.object_weight < 0 or not 0 <= cfg.text_dropout < 1:
+        raise ValueError(f"object_weight must be >= 0 and text_dropout in [0, 1), got {cfg.object_weight}, "
+                         f"{cfg.text_dropout}")
+    if cfg.target_copies < 1:
+        raise ValueError(f"target_copies must be >= 1, got {cfg.target_copies}")
+    if cfg.attention not in ("sdpa", "flex"):
+        raise ValueError(f"attention must be 'sdpa' or 'flex', got {cfg.attention!r}")
+    if cfg.attention == "flex":
+        if not device.startswith("cuda"):
+            raise ValueError(f"attention='flex' trains on CUDA only (flex_attention has no backward on {device})")
     torch.manual_seed(cfg.seed)
     bundle = build_for_training(cfg)
     ecfg = bundle.cfg
@@ -311,13 +343,8 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) ->
                         prefetch_factor=4 if cfg.workers else None, pin_memory=device.startswith("cuda"))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast(
         "cpu", enabled=False)
-    if cfg.loss not in ("x0", "v"):
-        raise ValueError(f"loss must be 'x0' or 'v', got {cfg.loss!r}")
-    if cfg.object_weight < 0 or not 0 <= cfg.text_dropout < 1:
-        raise ValueError(f"object_weight must be >= 0 and text_dropout in [0, 1), got {cfg.object_weight}, "
-                         f"{cfg.text_dropout}")
-    if cfg.target_copies < 1:
-        raise ValueError(f"target_copies must be >= 1, got {cfg.target_copies}")
+    if cfg.attention == "flex":
+        use_compiled_flex(device)
     t0, history, step = time.time(), [], 0
     last_ckpt = t_wait = t0
     t_data = 0.0  # seconds spent waiting for the data loader (vs. the GPU's step)
