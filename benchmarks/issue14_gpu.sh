@@ -40,8 +40,10 @@ case "${1:-bench}" in
       compressor
     ;;
   teacher|critic|distill)
-    # teacher: object weight 1 and half revisit batches (session 10's lease); distill: guidance 3, half revisit
-    EXTRA=(); [ "$1" = teacher ] && EXTRA=(--object-weight "${ISSUE14_OBJECT_WEIGHT:-1}" --revisit-p 0.5)
+    # teacher: half revisit batches, the DiT compiled (x1.87 per step on an H200 after ~77 s of compiling,
+    # docs/results/profile_train_step_h200.json; ISSUE14_COMPILE=0 for eager); distill: guidance 3, half revisit
+    EXTRA=(); [ "$1" = teacher ] && EXTRA=(--object-weight "${ISSUE14_OBJECT_WEIGHT:-0.5}" --revisit-p 0.5)
+    [ "$1" = teacher ] && [ "${ISSUE14_COMPILE:-1}" = 1 ] && EXTRA+=(--compile)
     [ "$1" = distill ] && EXTRA=(--guidance 3 --revisit-p 0.5)
     M=${ISSUE14_MINUTES:-7.6}
     timeout -s INT -k 15 "$(python3 -c "print(int($M * 60 + 90))")" python3 benchmarks/train_embedded_v2.py \
