@@ -41,10 +41,12 @@ case "${1:-bench}" in
     ;;
   teacher|critic|distill)
     # teacher: half revisit batches, the DiT compiled (x1.87 per step on an H200 after ~77 s of compiling,
-    # docs/results/profile_train_step_h200.json; ISSUE14_COMPILE=0 for eager); distill: guidance 3, half revisit
+    # docs/results/profile_train_step_h200.json; ISSUE14_COMPILE=0 for eager); distill: guidance 3, half revisit,
+    # teacher and student compiled
     EXTRA=(); [ "$1" = teacher ] && EXTRA=(--object-weight "${ISSUE14_OBJECT_WEIGHT:-0.5}" --revisit-p 0.5)
     [ "$1" = teacher ] && [ "${ISSUE14_COMPILE:-1}" = 1 ] && EXTRA+=(--compile)
     [ "$1" = distill ] && EXTRA=(--guidance 3 --revisit-p 0.5)
+    [ "$1" = distill ] && [ "${ISSUE14_COMPILE:-1}" = 1 ] && EXTRA+=(--compile)
     M=${ISSUE14_MINUTES:-7.6}
     timeout -s INT -k 15 "$(python3 -c "print(int($M * 60 + 90))")" python3 benchmarks/train_embedded_v2.py \
       --stage "$1" --minutes "$M" --workers 15 "${EXTRA[@]}" --out "$OUT" 2>&1 | tee "$OUT/$1.log" | tail -c 600

@@ -52,7 +52,8 @@ def stage_options(stage: str, d: Path, limit: float, args) -> tuple[Path, dict]:
         # fademem.embedded.distill starts the student from the teacher (no resume of a student)
         path = d / "student.safetensors"
         o = options("distill", teacher=str(d / "teacher.safetensors"), teacher_steps=16, batch=args.batch or 32,
-                    checkpoint_every=120, guidance=args.guidance, revisit_p=args.revisit_p, **shared)
+                    checkpoint_every=120, guidance=args.guidance, revisit_p=args.revisit_p,
+                    extra={"compile": args.compile}, **shared)
     return path, o
 
 
@@ -65,7 +66,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=12)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--batch", type=int, default=0)
-    ap.add_argument("--compile", action="store_true", help="teacher: torch.compile the DiT")
+    ap.add_argument("--compile", action="store_true", help="teacher, distill: torch.compile the DiT(s)")
     ap.add_argument("--attention", default="sdpa", choices=["sdpa", "flex"],
                     help="teacher: the training mask as a dense bool mask (SDPA) or a flex_attention BlockMask")
     ap.add_argument("--object-weight", type=float, default=4.0,

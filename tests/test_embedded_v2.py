@@ -269,6 +269,42 @@ def test_distill_smoke_saves_a_4step_student(tmp_path):
                 tmp_path / "x.safetensors", device="cpu")
 
 
+def test_distill_compile_wraps_teacher_and_student_forwards(tmp_path, monkeypatch):
+    """compile=True (the GPU leases' setting) runs the teacher's and the student's forwards through
+    torch.compile(dynamic=True) and trains what the eager run does. torch.compile is replaced by a recording
+    pass-through here (compiling on a CPU runner takes minutes); the kernels' numerics are torch's."""
+    from fademem.embedded.distill import DistillConfig, distill
+
+    torch.manual_seed(0)
+    train(_tiny_train(sample_steps=8, steps=1), tmp_path / "teacher.safetensors", device="cpu", log=lambda *_: None)
+    compiled, calls = [], []
+
+    def fake_compile(module, **kw):
+        compiled.append((module, kw))
+
+        def forward(*a, **k):
+            calls.append(module)
+            return module(*a, **k)
+        return forward
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    runs = []
+    for compile_ in (False, True):
+        cfg = DistillConfig(teacher=str(tmp_path / "teacher.safetensors"), steps=2, batch=2, workers=0, max_history=30,
+                            pool=4, log_every=1, warmup=1, teacher_steps=4, guidance=2.0, compile=compile_)
+        torch.manual_seed(0)
+        info = distill(cfg, tmp_path / f"s{int(compile_)}.safetensors", device="cpu", log=lambda *_: None)
+        runs.append(([h["loss"] for h in info["history"]], load(tmp_path / f"s{int(compile_)}.safetensors")))
+    assert len(compiled) == 2 and all(kw == {"dynamic": True} for _, kw in compiled)
+    teacher_model, student_model = (m for m, _ in compiled)
+    assert not any(p.requires_grad for p in teacher_model.parameters())
+    assert all(p.requires_grad for p in student_model.parameters())
+    assert calls.count(student_model) == 2 and calls.count(teacher_model) >= 2  # one student forward per step
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-6)
+    for a, b in zip(runs[0][1].model.state_dict().values(), runs[1][1].model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
 @torch.no_grad()
 def test_teacher_ode_with_guidance_follows_the_guided_flow():
     """A constant flow per branch: the text branch flows by A, the empty-prompt branch (zero context) by U;

@@ -66,6 +66,7 @@ class DistillConfig:
     log_every: int = 100
     time_limit: float | None = None  # seconds; stop early (and save)
     checkpoint_every: float | None = None  # seconds; also save the (EMA) student this often
+    compile: bool = False  # torch.compile teacher and student (dynamic: the context length varies by batch)
 
     def data_config(self) -> TrainConfig:
         return TrainConfig(batch=self.batch, seed=self.seed, workers=self.workers, pool=self.pool,
@@ -149,6 +150,9 @@ def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print
     t_text = teacher.text.to(device).eval().requires_grad_(False)
     model, text = student.model.to(device).train().requires_grad_(True), student.text.to(device).train()
     params = list(model.parameters()) + list(text.parameters())
+    t_fwd, fwd = t_model, model
+    if cfg.compile:  # the saved and EMA weights stay the modules' own; only the forwards are compiled
+        t_fwd, fwd = torch.compile(t_model, dynamic=True), torch.compile(model, dynamic=True)
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     tokens_per_frame = (student.cfg.latent_hw // 2) ** 2
@@ -195,13 +199,13 @@ def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print
         ids = batch["ids"].to(device)
         with torch.no_grad(), amp:
             t_ctx = t_text(ids)
-        target = teacher_ode(t_model, x, n_ctx, ctx_sig, ode_path(s_k, levels), t_ctx, positions, mask, amp,
+        target = teacher_ode(t_fwd, x, n_ctx, ctx_sig, ode_path(s_k, levels), t_ctx, positions, mask, amp,
                              cfg.guidance)
         sig_f = torch.zeros(b, f, device=device)
         sig_f[:, :n_ctx] = ctx_sig
         sig_f[:, n_ctx:] = s_k
         with amp:
-            v = model(x, sig_f * 1000, text(ids), positions=positions, attn_mask=mask)
+            v = fwd(x, sig_f * 1000, text(ids), positions=positions, attn_mask=mask)
         x0_hat = x[:, :, n_ctx:] - s_k * v[:, :, n_ctx:].float()
         loss = (x0_hat - target).pow(2).mean()
         optimise(opt, loss, params, ema, _lr(step, time.time() - t0, cfg), cfg.ema, step)
