@@ -23,7 +23,7 @@ import torch
 
 def main() -> None:
     from fademem.embedded.bundle import load
-    from fademem.embedded.train import TrainConfig, batch_loss, optimise, training_schedule, use_compiled_flex
+    from fademem.embedded.train import TrainConfig, batch_loss, optimise, training_schedule
     from fademem.embedded.train_data import WorldBatches
     from fademem.wan.sampling import FlowSchedule
 
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--settings", default="48x4,96x4,192x4,64x1,96x4c",
                     help="batch x target copies, comma separated; a trailing c: the DiT under torch.compile, "
-                         "f: the mask as a flex_attention BlockMask (compiled flex on CUDA), r: half revisit batches")
+                         "r: half revisit batches")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--out", default="out")
     args = ap.parse_args()
@@ -50,15 +50,13 @@ def main() -> None:
     compiled = None
     for setting in args.settings.split(","):
         flags = setting.lstrip("0123456789x")
-        use_compile, attention = "c" in flags, "flex" if "f" in flags else "sdpa"
-        b, k = (int(x) for x in setting.rstrip("cfr").split("x"))
-        if attention == "flex":
-            use_compiled_flex(dev)
+        use_compile = "c" in flags
+        b, k = (int(x) for x in setting.rstrip("cr").split("x"))
         if use_compile and compiled is None:
             compiled = torch.compile(model, dynamic=True)
         fwd = compiled if use_compile else model
         cfg = TrainConfig(batch=b, workers=0, target_copies=k, loss="v", object_weight=4.0, text_dropout=0.1,
-                          sample_steps=32, pool=32, attention=attention,
+                          sample_steps=32, pool=32,
                           revisit_p=0.5 if "r" in flags else 0.0)
         sched = training_schedule(cfg)
         sigmas = torch.tensor(FlowSchedule(sched.steps, sched.shift).sigmas, device=dev)
@@ -81,14 +79,14 @@ def main() -> None:
         sync()
         ms = (time.perf_counter() - t0) / args.steps * 1000
         frames = sum(x["video"].shape[0] * (x["n_ctx"] + 3 * k) for x in batches) / len(batches)
-        row = {"batch": b, "copies": k, "compile": use_compile, "attention": attention, "revisit": "r" in flags,
+        row = {"batch": b, "copies": k, "compile": use_compile, "revisit": "r" in flags,
                "warmup_s": round(warm_s, 1),
                "ms_per_step": round(ms, 1), "frames_per_step": frames,
                "targets_per_s": round(b * k / ms * 1000)}
         results.append(row)
         print(json.dumps(row))
-    b, k = (int(x) for x in args.settings.split(",")[0].rstrip("cfr").split("x"))
-    cfg = dataclasses.replace(cfg, batch=b, target_copies=k, attention="sdpa", revisit_p=0.0)
+    b, k = (int(x) for x in args.settings.split(",")[0].rstrip("cr").split("x"))
+    cfg = dataclasses.replace(cfg, batch=b, target_copies=k, revisit_p=0.0)
     fwd = model
     it = iter(WorldBatches(cfg, bundle.cfg))
     batches = [next(it) for _ in range(4)]

@@ -46,14 +46,14 @@ def stage_options(stage: str, d: Path, limit: float, args) -> tuple[Path, dict]:
         o = options("dit", init=init, sample_steps=32, batch=args.batch or 96, lr=4e-4 if init is None else 3e-4,
                     checkpoint_every=120, loss="v", target_copies=4, object_weight=args.object_weight, text_dropout=0.1,
                     revisit_p=args.revisit_p,
-                    extra={"warmup": 300 if init is None else 50, "compile": args.compile,
-                           "attention": args.attention}, **arch, **shared)
+                    compile=args.compile,
+                    extra={"warmup": 300 if init is None else 50}, **arch, **shared)
     else:
         # fademem.embedded.distill starts the student from the teacher (no resume of a student)
         path = d / "student.safetensors"
         o = options("distill", teacher=str(d / "teacher.safetensors"), teacher_steps=16, batch=args.batch or 32,
                     checkpoint_every=120, guidance=args.guidance, revisit_p=args.revisit_p,
-                    extra={"compile": args.compile}, **shared)
+                    compile=args.compile, **shared)
     return path, o
 
 
@@ -67,8 +67,6 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--batch", type=int, default=0)
     ap.add_argument("--compile", action="store_true", help="teacher, distill: torch.compile the DiT(s)")
-    ap.add_argument("--attention", default="sdpa", choices=["sdpa", "flex"],
-                    help="teacher: the training mask as a dense bool mask (SDPA) or a flex_attention BlockMask")
     ap.add_argument("--object-weight", type=float, default=4.0,
                     help="teacher: extra loss weight on object pixels (weighting biases the prediction towards "
                          "objects: lower it at the end of a run)")

@@ -184,41 +184,6 @@ def test_target_copies_train_one_forward_per_example():
         train(dataclasses.replace(cfg, text_dropout=1.0), "unused", device="cpu")
 
 
-def test_flex_block_mask_gives_the_dense_masks_loss():
-    """attention='flex' (a BlockMask, compiled flex on CUDA) computes the loss the dense bool mask does (forward
-    only here: flex_attention has no CPU backward, so training with it is CUDA-only and refused elsewhere)."""
-    from fademem.embedded.train import batch_loss, build_for_training, token_mask, training_schedule
-    from fademem.embedded.train_data import WorldBatches
-    from fademem.wan.sampling import FlowSchedule
-
-    cfg = TrainConfig(batch=2, workers=0, dim=32, layers=2, heads=2, ffn=64, max_history=40, max_context=5,
-                      target_copies=2, loss="v", pool=4, object_weight=1.0, text_dropout=0.3, revisit_p=0.5)
-    torch.manual_seed(0)
-    bundle = build_for_training(cfg)
-    model, text = bundle.model.train(), bundle.text.train()
-    sched = training_schedule(cfg)
-    sigmas = torch.tensor(FlowSchedule(sched.steps, sched.shift).sigmas)
-    amp = torch.autocast("cpu", enabled=False)
-    batches = iter(WorldBatches(cfg, bundle.cfg))
-    for _ in range(3):
-        batch = next(batches)
-        dense = token_mask(batch, batch["n_ctx"], 64, "cpu", 2)
-        block = token_mask(batch, batch["n_ctx"], 64, "cpu", 2, flex=True)
-        q = torch.arange(dense.shape[0])
-        assert torch.equal(dense, block.mask_mod(0, 0, q[:, None], q[None, :]))  # same mask, token by token
-        losses = []
-        for attention in ("sdpa", "flex"):
-            c = dataclasses.replace(cfg, attention=attention)
-            with torch.no_grad():
-                losses.append(batch_loss(model, text, bundle.codec, batch, c, sigmas, torch.Generator().manual_seed(1),
-                                         amp, "cpu"))
-        assert torch.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-7), losses
-    with pytest.raises(ValueError, match="attention must be"):
-        train(dataclasses.replace(cfg, attention="fast"), "unused", device="cpu")
-    with pytest.raises(ValueError, match="CUDA"):
-        train(dataclasses.replace(cfg, attention="flex"), "unused", device="cpu")
-
-
 def test_batches_carry_the_targets_object_pixels():
     from fademem.embedded.train import object_weights
     from fademem.embedded.train_data import WorldBatches, frame_and_objects

@@ -57,6 +57,31 @@ def test_distill_stage(teacher, tmp_path):
     assert b.info["distill"]["guidance"] == 3.0
 
 
+def test_compile_reaches_the_training_config(teacher, tmp_path, monkeypatch):
+    """--compile is a dit / distill option carried to their configs (the GPU leases compile); elsewhere a usage
+    error. The training functions are replaced: compiling on a CPU takes minutes."""
+    import fademem.embedded.distill as distill_mod
+    import fademem.embedded.train as train_mod
+
+    seen = {}
+
+    def fake(name):
+        def run(cfg, out, device="cpu", log=None):
+            seen[name] = cfg.compile
+            return {"steps_done": 0, "seconds": 0.0}
+        return run
+
+    monkeypatch.setattr(train_mod, "train", fake("dit"))
+    monkeypatch.setattr(distill_mod, "distill", fake("distill"))
+    out = str(tmp_path / "x.safetensors")
+    assert _train("--out", out, "--compile", *TINY_DIT, *FAST).exit_code == 0
+    res = _train("--stage", "distill", "--teacher", str(teacher), "--out", out, "--compile", *FAST)
+    assert res.exit_code == 0, res.output
+    assert seen == {"dit": True, "distill": True}
+    res = _train("--stage", "critic", "--out", out, "--compile", *FAST)
+    assert res.exit_code == 2 and "--compile does not apply to --stage critic" in res.output
+
+
 def test_autoencoder_stage(tmp_path):
     from fademem.embedded.autoencoder import load_codec
 
@@ -140,4 +165,4 @@ def test_v2_training_script_uses_the_cli_functions():
         path, o = mod.stage_options(stage, V2, 60.0, Args)
         assert o["stage"] == want and o["time_limit"] == 60.0 and path.parent == V2
         if stage in ("teacher", "distill"):
-            assert o["revisit_p"] == 0.3
+            assert o["revisit_p"] == 0.3 and o["compile"] is False

@@ -39,7 +39,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from torch.utils.data import DataLoader
 
 from fademem.embedded.bundle import (
@@ -95,8 +94,6 @@ class TrainConfig:
     revisit_context: int = 128  # most context frames of a revisit example (its 'full' rule, up to this many)
     text_dropout: float = 0.0  # share of examples trained without their prompt (zero text context): the
     #                            unconditional branch classifier-free guidance needs (distillation with guidance)
-    attention: str = "sdpa"  # "flex": the frame mask as a flex_attention BlockMask (compiled on CUDA) instead of
-    #                          a dense bool mask, which keeps SDPA off its flash kernels
 
 
 def degrade(frames: torch.Tensor, n_ctx: int, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -148,17 +145,11 @@ def frame_mask(chunks: torch.Tensor, n_ctx: int, copies: int = 1) -> torch.Tenso
     return out
 
 
-def token_mask(batch: dict, n_ctx: int, tokens_per_frame: int, device, copies: int = 1, flex: bool = False):
-    """The example's frame mask (``frame_mask``) expanded to tokens, on ``device``: dense bool [L, L], or
-    (``flex``) the same mask as a flex_attention ``BlockMask``."""
+def token_mask(batch: dict, n_ctx: int, tokens_per_frame: int, device, copies: int = 1) -> torch.Tensor:
+    """The example's frame mask (``frame_mask``) expanded to tokens, on ``device``. A dense bool mask: SDPA runs
+    it on cuDNN's flash kernels on an H200; a flex_attention BlockMask of it trained slower under torch.compile
+    (docs/results/profile_train_step_h200.json)."""
     mask = frame_mask(batch["chunks"], n_ctx, copies).to(device)
-    if flex:
-        n = mask.shape[0] * tokens_per_frame
-
-        def mask_mod(b, h, q, kv):
-            return mask[q // tokens_per_frame, kv // tokens_per_frame]
-
-        return create_block_mask(mask_mod, None, None, n, n, device=device)
     return mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
 
 
@@ -269,7 +260,7 @@ def batch_loss(model, text, codec, batch: dict, cfg: TrainConfig, sched_sigmas: 
     noise = torch.randn(x_in.shape, device=device, generator=gen)
     s5 = sig_f[:, None, :, None, None]
     xt = (1 - s5) * x_in + s5 * noise
-    mask = token_mask(batch, n_ctx, (x_in.shape[-1] // 2) ** 2, device, k, flex=cfg.attention == "flex")
+    mask = token_mask(batch, n_ctx, (x_in.shape[-1] // 2) ** 2, device, k)
     positions = batch["positions"]
     positions = torch.cat([positions[:n_ctx], positions[n_ctx:].repeat(k)]).to(device)
     with amp:
@@ -288,15 +279,6 @@ def batch_loss(model, text, codec, batch: dict, cfg: TrainConfig, sched_sigmas: 
     else:
         loss = err.mean()
     return loss
-
-
-def use_compiled_flex(device: str) -> None:
-    """On CUDA, flex_attention compiled (dynamic: the context length varies by batch) for every BlockMask
-    attention of this process; eager flex_attention (the default, and on the CPU) is a reference, not fast."""
-    if device.startswith("cuda"):
-        from fademem.wan import layers
-
-        layers.flex_attention_fn = torch.compile(flex_attention, dynamic=True)
 
 
 def _save_ema(bundle: EmbeddedBundle, params, ema, out, info: dict, schedule: SamplingSchedule) -> None:
@@ -319,11 +301,6 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) ->
                          f"{cfg.text_dropout}")
     if cfg.target_copies < 1:
         raise ValueError(f"target_copies must be >= 1, got {cfg.target_copies}")
-    if cfg.attention not in ("sdpa", "flex"):
-        raise ValueError(f"attention must be 'sdpa' or 'flex', got {cfg.attention!r}")
-    if cfg.attention == "flex":
-        if not device.startswith("cuda"):
-            raise ValueError(f"attention='flex' trains on CUDA only (flex_attention has no backward on {device})")
     torch.manual_seed(cfg.seed)
     bundle = build_for_training(cfg)
     ecfg = bundle.cfg
@@ -343,8 +320,6 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) ->
                         prefetch_factor=4 if cfg.workers else None, pin_memory=device.startswith("cuda"))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast(
         "cpu", enabled=False)
-    if cfg.attention == "flex":
-        use_compiled_flex(device)
     t0, history, step = time.time(), [], 0
     last_ckpt = t_wait = t0
     t_data = 0.0  # seconds spent waiting for the data loader (vs. the GPU's step)
