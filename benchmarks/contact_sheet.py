@@ -92,7 +92,11 @@ def main(argv=None) -> str:
     ap.add_argument("--guidance", type=float, default=None,
                     help="A flow-matching teacher's own rollout (full context) with this classifier-free guidance, "
                          "instead of the pipeline (fademem.embedded.distill.teacher_rollout).")
+    ap.add_argument("--context-guidance", type=float, default=None,
+                    help="With --guidance: the guidance of the chunks after the first (default: --guidance).")
     args = ap.parse_args(argv)
+    if args.context_guidance is not None and args.guidance is None:
+        ap.error("--context-guidance goes with --guidance (a teacher's rollout)")
     if not args.seconds > 0 or not args.every > 0:
         ap.error("--seconds and --every must be positive")
     from fademem.embedded.world import parse_prompt
@@ -111,8 +115,9 @@ def main(argv=None) -> str:
             ap.error(f"--guidance previews a flow-matching teacher; {args.weights} is {bundle.schedule.describe()}")
         num_frames = whole_chunks(args.seconds, bundle.cfg.fps)
         gen = teacher_rollout(bundle, args.prompt, num_frames, guidance=args.guidance, seed=args.seed,
-                              device=args.device).numpy()
-        args.memory = f"full (teacher rollout, guidance {args.guidance:g})"
+                              device=args.device, context_guidance=args.context_guidance).numpy()
+        after = "" if args.context_guidance is None else f", {args.context_guidance:g} after the first chunk"
+        args.memory = f"full (teacher rollout, guidance {args.guidance:g}{after})"
     else:
         gen = generate_frames(bundle, args.prompt, args.seconds, args.seed, args.memory)
     truth = true_frames(args.prompt, args.seed, len(gen), bundle.cfg.frame_size, bundle.cfg.fps)

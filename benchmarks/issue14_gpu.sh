@@ -6,6 +6,9 @@
 #                                               # LoRA), ISSUE14_PRETRAIN (90) + ISSUE14_FINETUNE (200) seconds
 #   bash benchmarks/issue14_gpu.sh compressor-bench FILE  # its rows on the same 48 episodes (merge them with
 #                                               # `fademem bench memory --merge` into the nine-policy run)
+#   bash benchmarks/issue14_gpu.sh student      # `distill`, then the new student scored in the same call: prompt
+#                                               # fidelity + continuation (32 held-out episodes), the recall probe
+#                                               # (8 scenes) and the README demo's contact sheet, in $OUT/checks.tgz
 #   bash benchmarks/issue14_gpu.sh teacher|critic|distill  # one training lease of ISSUE14_MINUTES (7.6) that
 #                                               # resumes training/embedded_v2/<stage> (the student: from the
 #                                               # teacher); the weights come back in $OUT, split in 15 MiB parts
@@ -16,7 +19,7 @@
 # bench memory writes its report after every finished policy and on SIGINT, and --time-budget skips a
 # policy forecast not to fit, so a call that runs out of time keeps what finished.
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
-OUT=${OUT:-out/issue14}
+export OUT=${OUT:-out/issue14}
 mkdir -p "$OUT"
 bench() {  # $1: policies, $2: output folder name
   timeout -s INT -k 15 "${ISSUE14_LIMIT:-560}" python3 -m fademem.cli bench memory --device cuda \
@@ -53,5 +56,17 @@ case "${1:-bench}" in
     W=training/embedded_v2/$1.safetensors; [ "$1" = distill ] && W=training/embedded_v2/student.safetensors
     split -b 15M "$W" "$OUT/$(basename "$W").part_" && ls -l "$OUT"
     ;;
-  *) echo "usage: $0 bench|compressor|compressor-bench FILE|teacher|critic|distill" >&2; exit 2 ;;
+  student)
+    bash "$0" distill
+    S=training/embedded_v2/student.safetensors C=training/embedded_v2/critic.safetensors
+    mkdir -p "$OUT/checks"
+    timeout -k 10 150 python3 -m fademem.cli bench fidelity --device cuda --weights "$S" --critic "$C" \
+      --episodes 32 --out "$OUT/checks/fidelity" 2>&1 | tail -25
+    timeout -k 10 90 python3 benchmarks/recall_probe.py --weights "$S" --scenes 8 --device cuda \
+      --out "$OUT/checks/probe.json" 2>&1 | tail -8
+    timeout -k 10 90 python3 benchmarks/contact_sheet.py --weights "$S" --seconds 60 --every 5 --device cuda \
+      --out "$OUT/checks/demo_sheet.png" 2>&1 | tail -3
+    tar czf "$OUT/checks.tgz" -C "$OUT" checks && rm -r "$OUT/checks" && ls -l "$OUT"  # one file back, not six
+    ;;
+  *) echo "usage: $0 bench|compressor|compressor-bench FILE|teacher|critic|distill|student" >&2; exit 2 ;;
 esac

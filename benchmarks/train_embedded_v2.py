@@ -52,7 +52,8 @@ def stage_options(stage: str, d: Path, limit: float, args) -> tuple[Path, dict]:
         # fademem.embedded.distill starts the student from the teacher (no resume of a student)
         path = d / "student.safetensors"
         o = options("distill", teacher=str(d / "teacher.safetensors"), teacher_steps=16, batch=args.batch or 32,
-                    checkpoint_every=120, guidance=args.guidance, revisit_p=args.revisit_p,
+                    checkpoint_every=120, guidance=args.guidance, context_guidance=args.context_guidance,
+                    revisit_p=args.revisit_p,
                     compile=args.compile, **shared)
     return path, o
 
@@ -71,6 +72,8 @@ def main() -> None:
                     help="teacher: extra loss weight on object pixels (weighting biases the prediction towards "
                          "objects: lower it at the end of a run)")
     ap.add_argument("--guidance", type=float, default=1.0, help="distill: the teacher's classifier-free guidance")
+    ap.add_argument("--context-guidance", type=float, default=None,
+                    help="distill: the teacher's guidance after context frames (default: --guidance)")
     ap.add_argument("--revisit-p", type=float, default=0.0,
                     help="teacher, distill: share of revisit batches (recall of a returning view from old frames)")
     args = ap.parse_args()

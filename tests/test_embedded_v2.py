@@ -384,3 +384,45 @@ def test_teacher_rollout_equals_the_pipeline_with_full_memory(ae, tmp_path):
     diff = (got.int() - ref.int()).abs()
     assert diff.max() <= 2 and diff.float().mean() < 0.05
     assert not torch.equal(ref, teacher_rollout(b, PROMPT, 9, guidance=3.0, seed=5))
+
+
+@torch.no_grad()
+def test_teacher_rollout_context_guidance_guides_only_the_later_chunks(ae):
+    """context_guidance: the first (text-only) chunk keeps --guidance, the chunks after it use context_guidance."""
+    from fademem.embedded.distill import teacher_rollout
+
+    torch.manual_seed(0)
+    codec = ae.make_codec()
+    ecfg = config_for_codec(EmbeddedConfig(), codec)
+    b = build(ecfg, ecfg.dit_config(32, 2, 2, 64), codec=codec, schedule=SamplingSchedule.uniform(4, 5.0))
+    b.model.eval()
+    g3 = teacher_rollout(b, PROMPT, 6, guidance=3.0, seed=2)
+    mixed = teacher_rollout(b, PROMPT, 6, guidance=3.0, seed=2, context_guidance=1.0)
+    assert torch.equal(mixed[:3], g3[:3]) and not torch.equal(mixed[3:], g3[3:])
+    assert torch.equal(teacher_rollout(b, PROMPT, 6, guidance=3.0, seed=2, context_guidance=3.0), g3)
+
+
+def test_distill_context_guidance_applies_after_context_only(tmp_path, monkeypatch):
+    """Each batch's teacher targets use --guidance for text-only targets and --context-guidance after context."""
+    import fademem.embedded.distill as distill_mod
+    from fademem.embedded.distill import DistillConfig, distill
+
+    assert DistillConfig(guidance=3.0).guidance_for(0) == DistillConfig(guidance=3.0).guidance_for(9) == 3.0
+    cfg = DistillConfig(guidance=3.0, context_guidance=1.0)
+    assert (cfg.guidance_for(0), cfg.guidance_for(9)) == (3.0, 1.0)
+    torch.manual_seed(0)
+    train(_tiny_train(sample_steps=8, steps=1), tmp_path / "teacher.safetensors", device="cpu", log=lambda *_: None)
+    seen, real = [], distill_mod.teacher_ode
+
+    def recording(model, x, n_ctx, *args):
+        seen.append((n_ctx, args[-1]))
+        return real(model, x, n_ctx, *args)
+
+    monkeypatch.setattr(distill_mod, "teacher_ode", recording)
+    distill(DistillConfig(teacher=str(tmp_path / "teacher.safetensors"), steps=12, batch=2, workers=0, max_history=30,
+                          pool=4, warmup=1, teacher_steps=2, guidance=3.0, context_guidance=1.0),
+            tmp_path / "s.safetensors", device="cpu", log=lambda *_: None)
+    assert {n > 0 for n, _ in seen} == {True, False}  # both kinds of batch were drawn
+    assert all(g == (1.0 if n else 3.0) for n, g in seen)
+    with pytest.raises(ValueError, match="context_guidance"):
+        distill(DistillConfig(teacher=str(tmp_path / "teacher.safetensors"), context_guidance=-1.0), "x", device="cpu")

@@ -50,11 +50,13 @@ def test_distill_stage(teacher, tmp_path):
 
     out = tmp_path / "student.safetensors"
     res = _train("--stage", "distill", "--teacher", str(teacher), "--teacher-steps", "2", "--out", str(out),
-                 "--max-history", "30", "--guidance", "3", *FAST)
+                 "--max-history", "30", "--guidance", "3", "--context-guidance", "1", *FAST)
     assert res.exit_code == 0, res.output
     b = embedded.load(out)
     assert b.schedule.kind == "distilled-4step" and b.model.config.dim == 32
-    assert b.info["distill"]["guidance"] == 3.0
+    assert b.info["distill"]["guidance"] == 3.0 and b.info["distill"]["context_guidance"] == 1.0
+    res = _train("--out", str(tmp_path / "x.safetensors"), "--context-guidance", "1", *TINY_DIT, *FAST)
+    assert res.exit_code == 2 and "--context-guidance does not apply to --stage dit" in res.output
 
 
 def test_compile_reaches_the_training_config(teacher, tmp_path, monkeypatch):
@@ -160,6 +162,7 @@ def test_v2_training_script_uses_the_cli_functions():
 
     class Args:
         device, workers, batch, compile, guidance, object_weight, revisit_p = "cpu", 0, 0, False, 1.0, 4.0, 0.3
+        context_guidance = None
 
     for stage, want in (("ae", "autoencoder"), ("critic", "critic"), ("teacher", "dit"), ("distill", "distill")):
         path, o = mod.stage_options(stage, V2, 60.0, Args)

@@ -29,8 +29,8 @@ STAGE_OPTIONS = {
             "checkpoint_every", "loss", "target_copies", "object_weight", "text_dropout", "revisit_p", "compile"),
     "autoencoder": ("eval_clips", "stats_frames"),
     "critic": ("eval_clips",),
-    "distill": ("teacher", "teacher_steps", "max_history", "max_context", "checkpoint_every", "guidance", "revisit_p",
-                "compile"),
+    "distill": ("teacher", "teacher_steps", "max_history", "max_context", "checkpoint_every", "guidance",
+                "context_guidance", "revisit_p", "compile"),
 }
 STAGE_DEFAULTS = {
     "dit": {"steps": 20000, "batch": 32, "lr": 4e-4, "workers": 4},
@@ -150,8 +150,9 @@ def run_stage(stage: str, out: str | Path, o: dict, log=click.echo) -> dict:
         cfg = DistillConfig(teacher=o["teacher"], teacher_steps=o["teacher_steps"], steps=o["steps"],
                             batch=o["batch"], lr=o["lr"], workers=o["workers"], time_limit=o["time_limit"],
                             seed=o["seed"], max_history=o["max_history"], max_context=o["max_context"],
-                            checkpoint_every=o["checkpoint_every"], guidance=o["guidance"], revisit_p=o["revisit_p"],
-                            compile=o["compile"], **o.get("extra", {}))
+                            checkpoint_every=o["checkpoint_every"], guidance=o["guidance"],
+                            context_guidance=o["context_guidance"], revisit_p=o["revisit_p"], compile=o["compile"],
+                            **o.get("extra", {}))
         return distill(cfg, out, device=device, log=log)
     common = {"device": device, "steps": o["steps"], "batch": o["batch"], "lr": o["lr"],
               "time_limit": o["time_limit"], "seed": o["seed"], "workers": o["workers"], "log": log,
@@ -236,6 +237,10 @@ _nonneg = click.IntRange(min=0)
                    "long memory.")
 @click.option("--guidance", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="distill: classifier-free guidance of the teacher (one trained with --text-dropout).")
+@click.option("--context-guidance", default=None, type=click.FloatRange(min=0),
+              help="distill: the teacher's guidance for targets after context frames (default: --guidance). The "
+                   "prompt decides a text-only first chunk; after it the frames do, and a strongly guided teacher "
+                   "bends what it continues.")
 @click.option("--teacher", default=None, type=click.Path(dir_okay=False),
               help="distill: the flow-matching teacher bundle.")
 @click.option("--compile", is_flag=True, default=False,

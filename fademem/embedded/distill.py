@@ -51,6 +51,10 @@ class DistillConfig:
     ema: float = 0.99
     teacher_steps: int | None = None  # ODE steps of the teacher over (0, 1]; None = its recorded schedule
     guidance: float = 1.0  # classifier-free guidance of the teacher (needs one trained with text_dropout)
+    context_guidance: float | None = None  # the guidance of targets after a context (None: ``guidance``). The
+    #   prompt decides what a text-only first chunk draws; after it the frames in context do, and a guided
+    #   teacher continuing true frames breaks them (session 11: guidance 3 from pure noise after 9 true frames
+    #   bends the stripes and moves the object; guidance 1 continues both)
     max_history: int = 600
     max_context: int = 24
     context_noise: float = 0.1
@@ -67,6 +71,10 @@ class DistillConfig:
     time_limit: float | None = None  # seconds; stop early (and save)
     checkpoint_every: float | None = None  # seconds; also save the (EMA) student this often
     compile: bool = False  # torch.compile teacher and student (dynamic: the context length varies by batch)
+
+    def guidance_for(self, n_ctx: int) -> float:
+        """The teacher's guidance for a target after ``n_ctx`` context frames."""
+        return self.guidance if n_ctx == 0 or self.context_guidance is None else self.context_guidance
 
     def data_config(self) -> TrainConfig:
         return TrainConfig(batch=self.batch, seed=self.seed, workers=self.workers, pool=self.pool,
@@ -131,6 +139,8 @@ def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print
     """Distill ``cfg.teacher`` into a 4-step student saved at ``out`` (its schedule: ``distilled-4step``)."""
     if not cfg.teacher:
         raise ValueError("distill needs a teacher bundle (DistillConfig(teacher=path))")
+    if cfg.guidance < 0 or (cfg.context_guidance is not None and cfg.context_guidance < 0):
+        raise ValueError(f"guidance and context_guidance must be >= 0, got {cfg.guidance}, {cfg.context_guidance}")
     torch.manual_seed(cfg.seed)
     teacher = load(cfg.teacher)
     if teacher.schedule.kind != "flow-matching":
@@ -200,7 +210,7 @@ def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print
         with torch.no_grad(), amp:
             t_ctx = t_text(ids)
         target = teacher_ode(t_fwd, x, n_ctx, ctx_sig, ode_path(s_k, levels), t_ctx, positions, mask, amp,
-                             cfg.guidance)
+                             cfg.guidance_for(n_ctx))
         sig_f = torch.zeros(b, f, device=device)
         sig_f[:, :n_ctx] = ctx_sig
         sig_f[:, n_ctx:] = s_k
@@ -221,10 +231,12 @@ def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print
 
 @torch.no_grad()
 def teacher_rollout(bundle, prompt: str, num_frames: int, *, guidance: float = 1.0, seed: int = 0,
-                    steps: int | None = None, device: str = "cpu") -> torch.Tensor:
+                    steps: int | None = None, device: str = "cpu",
+                    context_guidance: float | None = None) -> torch.Tensor:
     """A flow-matching teacher's own video from ``prompt`` (text only), chunk by chunk, each chunk integrated
     by ``teacher_ode`` (with classifier-free ``guidance``) over all earlier frames at their true positions
-    (full memory, memory-free forwards). What the teacher's targets look like before distilling them:
+    (full memory, memory-free forwards); ``context_guidance`` (None: ``guidance``) guides the chunks after the
+    first, as ``DistillConfig.context_guidance`` does. What the teacher's targets look like before distilling them:
     the pipeline samples distilled models (one branch, bounded memory); this is a training tool.
     Returns uint8 frames [num_frames, H, W, 3]."""
     from fademem.embedded.train_data import CHUNK
@@ -247,8 +259,9 @@ def teacher_rollout(bundle, prompt: str, num_frames: int, *, guidance: float = 1
         chunks = torch.tensor([i // CHUNK for i in range(start)] + [start // CHUNK] * CHUNK)
         mask = token_mask({"chunks": chunks}, start, tokens_per_frame, device)
         positions = torch.arange(start + CHUNK, dtype=torch.float32, device=device)
+        g = guidance if start == 0 or context_guidance is None else context_guidance
         out = teacher_ode(model, x, start, torch.zeros(1, 1, device=device), ode_path(1.0, levels), ctx,
-                          positions, mask, amp, guidance)
+                          positions, mask, amp, g)
         latents = torch.cat([latents, out], dim=2)
     return codec.decode(latents).cpu()[0]
 
