@@ -46,18 +46,24 @@ case "${1:-bench}" in
     # teacher: half revisit batches, the DiT compiled (x1.87 per step on an H200 after ~77 s of compiling,
     # docs/results/profile_train_step_h200.json; ISSUE14_COMPILE=0 for eager); distill: guidance 3, half revisit,
     # teacher and student compiled
-    EXTRA=(); [ "$1" = teacher ] && EXTRA=(--object-weight "${ISSUE14_OBJECT_WEIGHT:-0.5}" --revisit-p 0.5)
+    # (session 11: text-only first chunks x2.5 as often, and the teacher's guidance after context frames 1.5, not 3:
+    # a guided teacher bends what it continues; training/embedded_v2/README.md)
+    FC=${ISSUE14_FIRST_CHUNK_P:-0.3}
+    EXTRA=(); [ "$1" = teacher ] && EXTRA=(--object-weight "${ISSUE14_OBJECT_WEIGHT:-0.5}" --revisit-p 0.5 --first-chunk-p "$FC")
     [ "$1" = teacher ] && [ "${ISSUE14_COMPILE:-1}" = 1 ] && EXTRA+=(--compile)
-    [ "$1" = distill ] && EXTRA=(--guidance 3 --revisit-p 0.5)
+    [ "$1" = distill ] && EXTRA=(--guidance 3 --context-guidance "${ISSUE14_CONTEXT_GUIDANCE:-1.5}" --revisit-p 0.5
+                                 --first-chunk-p "$FC")
     [ "$1" = distill ] && [ "${ISSUE14_COMPILE:-1}" = 1 ] && EXTRA+=(--compile)
     M=${ISSUE14_MINUTES:-7.6}
+    START=$(mktemp)  # weights older than this were not written by this lease: they do not go back as if they were
     timeout -s INT -k 15 "$(python3 -c "print(int($M * 60 + 90))")" python3 benchmarks/train_embedded_v2.py \
       --stage "$1" --minutes "$M" --workers 15 "${EXTRA[@]}" --out "$OUT" 2>&1 | tee "$OUT/$1.log" | tail -c 600
     W=training/embedded_v2/$1.safetensors; [ "$1" = distill ] && W=training/embedded_v2/student.safetensors
-    split -b 15M "$W" "$OUT/$(basename "$W").part_" && ls -l "$OUT"
+    if [ "$W" -nt "$START" ]; then split -b 15M "$W" "$OUT/$(basename "$W").part_" && ls -l "$OUT"
+    else echo "$1: no weights written by this lease ($W unchanged), nothing split into $OUT" >&2; exit 1; fi
     ;;
   student)
-    bash "$0" distill
+    bash "$0" distill || exit 1  # no new student, nothing to score
     S=training/embedded_v2/student.safetensors C=training/embedded_v2/critic.safetensors
     mkdir -p "$OUT/checks"
     timeout -k 10 150 python3 -m fademem.cli bench fidelity --device cuda --weights "$S" --critic "$C" \

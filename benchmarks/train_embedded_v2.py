@@ -46,7 +46,7 @@ def stage_options(stage: str, d: Path, limit: float, args) -> tuple[Path, dict]:
         o = options("dit", init=init, sample_steps=32, batch=args.batch or 96, lr=4e-4 if init is None else 3e-4,
                     checkpoint_every=120, loss="v", target_copies=4, object_weight=args.object_weight, text_dropout=0.1,
                     revisit_p=args.revisit_p,
-                    compile=args.compile,
+                    compile=args.compile, first_chunk_p=args.first_chunk_p,
                     extra={"warmup": 300 if init is None else 50}, **arch, **shared)
     else:
         # fademem.embedded.distill starts the student from the teacher (no resume of a student)
@@ -54,7 +54,7 @@ def stage_options(stage: str, d: Path, limit: float, args) -> tuple[Path, dict]:
         o = options("distill", teacher=str(d / "teacher.safetensors"), teacher_steps=16, batch=args.batch or 32,
                     checkpoint_every=120, guidance=args.guidance, context_guidance=args.context_guidance,
                     revisit_p=args.revisit_p,
-                    compile=args.compile, **shared)
+                    compile=args.compile, first_chunk_p=args.first_chunk_p, **shared)
     return path, o
 
 
@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--object-weight", type=float, default=4.0,
                     help="teacher: extra loss weight on object pixels (weighting biases the prediction towards "
                          "objects: lower it at the end of a run)")
+    ap.add_argument("--first-chunk-p", type=float, default=0.12,
+                    help="teacher, distill: share of the non-revisit batches that are a video's text-only first chunk")
     ap.add_argument("--guidance", type=float, default=1.0, help="distill: the teacher's classifier-free guidance")
     ap.add_argument("--context-guidance", type=float, default=None,
                     help="distill: the teacher's guidance after context frames (default: --guidance)")

@@ -241,3 +241,18 @@ def test_explicit_positions_match_start_frame_and_are_shift_invariant():
     torch.testing.assert_close(a, c, atol=2e-4, rtol=1e-4)  # RoPE is relative
     with pytest.raises(ValueError, match="positions"):
         m(x, t, txt, positions=[0.0, 1.0])
+
+
+def test_first_chunk_p_sets_the_share_of_text_only_batches():
+    """first_chunk_p: the share of (non-revisit) batches whose target is a video's first chunk, no context."""
+    from fademem.embedded.train_data import WorldBatches
+
+    shares = []
+    for p in (0.0, 0.5, 1.0):
+        cfg = TrainConfig(batch=1, workers=0, max_history=30, max_context=4, pool=2, refresh=1, first_chunk_p=p)
+        it = iter(WorldBatches(cfg, embedded.EmbeddedConfig()))
+        kinds = [next(it)["kind"] for _ in range(60)]
+        shares.append(sum(k == "none" for k in kinds) / len(kinds))
+    assert shares[0] == 0.0 and shares[2] == 1.0 and 0.3 < shares[1] < 0.7
+    with pytest.raises(ValueError, match="first_chunk_p"):
+        train(TrainConfig(first_chunk_p=1.5, workers=0), "unused", device="cpu")

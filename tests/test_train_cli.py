@@ -162,7 +162,7 @@ def test_v2_training_script_uses_the_cli_functions():
 
     class Args:
         device, workers, batch, compile, guidance, object_weight, revisit_p = "cpu", 0, 0, False, 1.0, 4.0, 0.3
-        context_guidance = None
+        context_guidance, first_chunk_p = None, 0.12
 
     for stage, want in (("ae", "autoencoder"), ("critic", "critic"), ("teacher", "dit"), ("distill", "distill")):
         path, o = mod.stage_options(stage, V2, 60.0, Args)

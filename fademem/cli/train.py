@@ -26,11 +26,12 @@ SHARED = ("out", "stage", "steps", "batch", "lr", "workers", "time_limit", "seed
 # the options each stage reads besides the shared ones
 STAGE_OPTIONS = {
     "dit": ("dim", "layers", "heads", "ffn", "max_history", "max_context", "codec", "sample_steps",
-            "checkpoint_every", "loss", "target_copies", "object_weight", "text_dropout", "revisit_p", "compile"),
+            "checkpoint_every", "loss", "target_copies", "object_weight", "text_dropout", "revisit_p", "compile",
+            "first_chunk_p"),
     "autoencoder": ("eval_clips", "stats_frames"),
     "critic": ("eval_clips",),
     "distill": ("teacher", "teacher_steps", "max_history", "max_context", "checkpoint_every", "guidance",
-                "context_guidance", "revisit_p", "compile"),
+                "context_guidance", "revisit_p", "compile", "first_chunk_p"),
 }
 STAGE_DEFAULTS = {
     "dit": {"steps": 20000, "batch": 32, "lr": 4e-4, "workers": 4},
@@ -142,7 +143,7 @@ def run_stage(stage: str, out: str | Path, o: dict, log=click.echo) -> dict:
                           init=o["init"], codec=o["codec"], sample_steps=o["sample_steps"],
                           checkpoint_every=o["checkpoint_every"], loss=o["loss"], target_copies=o["target_copies"],
                           object_weight=o["object_weight"], text_dropout=o["text_dropout"], revisit_p=o["revisit_p"],
-                          compile=o["compile"], **o.get("extra", {}))
+                          compile=o["compile"], first_chunk_p=o["first_chunk_p"], **o.get("extra", {}))
         return train(cfg, out, device=device, log=log)
     if stage == "distill":
         from fademem.embedded.distill import DistillConfig, distill
@@ -152,7 +153,7 @@ def run_stage(stage: str, out: str | Path, o: dict, log=click.echo) -> dict:
                             seed=o["seed"], max_history=o["max_history"], max_context=o["max_context"],
                             checkpoint_every=o["checkpoint_every"], guidance=o["guidance"],
                             context_guidance=o["context_guidance"], revisit_p=o["revisit_p"], compile=o["compile"],
-                            **o.get("extra", {}))
+                            first_chunk_p=o["first_chunk_p"], **o.get("extra", {}))
         return distill(cfg, out, device=device, log=log)
     common = {"device": device, "steps": o["steps"], "batch": o["batch"], "lr": o["lr"],
               "time_limit": o["time_limit"], "seed": o["seed"], "workers": o["workers"], "log": log,
@@ -235,6 +236,9 @@ _nonneg = click.IntRange(min=0)
               help="dit, distill: share of revisit batches (a view the camera returns to, recalled from old "
                    "frames; the history in between sometimes another world's), which teach the model to read its "
                    "long memory.")
+@click.option("--first-chunk-p", default=0.12, show_default=True, type=click.FloatRange(0, 1),
+              help="dit, distill: share of the non-revisit batches whose target is a video's first chunk, drawn "
+                   "from the prompt alone (the hardest target, and the first a user sees).")
 @click.option("--guidance", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="distill: classifier-free guidance of the teacher (one trained with --text-dropout).")
 @click.option("--context-guidance", default=None, type=click.FloatRange(min=0),

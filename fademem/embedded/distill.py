@@ -61,6 +61,7 @@ class DistillConfig:
     degrade_p: float = 0.5
     compact_p: float = 0.25
     revisit_p: float = 0.0  # share of revisit batches (fademem.embedded.train_data): the teacher's recall passed on
+    first_chunk_p: float = 0.12  # share of the other batches whose target is a video's first chunk (text only)
     revisit_swap_p: float = 0.5
     revisit_context: int = 128
     seed: int = 0
@@ -81,7 +82,7 @@ class DistillConfig:
                            refresh=self.refresh, max_history=self.max_history, max_context=self.max_context,
                            compact_p=self.compact_p, context_noise=self.context_noise, degrade_p=self.degrade_p,
                            revisit_p=self.revisit_p, revisit_swap_p=self.revisit_swap_p,
-                           revisit_context=self.revisit_context)
+                           revisit_context=self.revisit_context, first_chunk_p=self.first_chunk_p)
 
 
 def teacher_sigmas(teacher: SamplingSchedule, n: int | None = None) -> list[float]:
@@ -139,6 +140,8 @@ def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print
     """Distill ``cfg.teacher`` into a 4-step student saved at ``out`` (its schedule: ``distilled-4step``)."""
     if not cfg.teacher:
         raise ValueError("distill needs a teacher bundle (DistillConfig(teacher=path))")
+    if not 0 <= cfg.first_chunk_p <= 1:
+        raise ValueError(f"first_chunk_p must be in [0, 1], got {cfg.first_chunk_p}")
     if cfg.guidance < 0 or (cfg.context_guidance is not None and cfg.context_guidance < 0):
         raise ValueError(f"guidance and context_guidance must be >= 0, got {cfg.guidance}, {cfg.context_guidance}")
     torch.manual_seed(cfg.seed)

@@ -94,6 +94,8 @@ class TrainConfig:
     revisit_context: int = 128  # most context frames of a revisit example (its 'full' rule, up to this many)
     text_dropout: float = 0.0  # share of examples trained without their prompt (zero text context): the
     #                            unconditional branch classifier-free guidance needs (distillation with guidance)
+    first_chunk_p: float = 0.12  # share of the non-revisit batches whose target is a video's first chunk (no
+    #                              context: drawn from the prompt alone, the hardest target and the first one seen)
 
 
 def degrade(frames: torch.Tensor, n_ctx: int, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -301,6 +303,8 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) ->
                          f"{cfg.text_dropout}")
     if cfg.target_copies < 1:
         raise ValueError(f"target_copies must be >= 1, got {cfg.target_copies}")
+    if not 0 <= cfg.first_chunk_p <= 1:
+        raise ValueError(f"first_chunk_p must be in [0, 1], got {cfg.first_chunk_p}")
     torch.manual_seed(cfg.seed)
     bundle = build_for_training(cfg)
     ecfg = bundle.cfg

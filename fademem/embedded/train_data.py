@@ -67,7 +67,7 @@ def context_rule(start: int, rng: np.random.Generator, cfg: TrainConfig) -> tupl
         w = int(rng.integers(3, cfg.max_context + 1))
         idx = frames[-w:].tolist()
     elif kind == "sink":
-        s = int(rng.integers(1, 4))
+        s = int(rng.integers(1, min(4, cfg.max_context - 2)))  # leaves room for a window of 3 (max_context >= 4)
         w = int(rng.integers(3, cfg.max_context - s + 1))
         idx = sorted(set(frames[:s].tolist()) | set(frames[-w:].tolist()))
     else:  # sparse: keep frame at distance d with probability ~ d^-0.7, the newest always
@@ -165,7 +165,7 @@ class WorldBatches(IterableDataset):
                 continue
             for _ in range(cfg.refresh):
                 pool[int(rng.integers(len(pool)))] = new_world()
-            start = 0 if rng.random() < 0.12 else CHUNK * int(
+            start = 0 if rng.random() < cfg.first_chunk_p else CHUNK * int(
                 math.exp(rng.uniform(0, math.log(cfg.max_history / CHUNK))))
             kind, idx, pos = context_rule(start, rng, cfg)
             if kind != "none" and rng.random() < cfg.compact_p:
