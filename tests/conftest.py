@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,6 +13,20 @@ from fademem._compat import hf_ready
 # Tests build diffusers / transformers models directly: with the eval extra's torchvision (a CUDA wheel) beside
 # the CPU torch, importing them needs the same workaround fademem applies before its own imports.
 hf_ready()
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Load ``benchmarks/<name>.py`` (scripts, not a package) as a module: ``benchmark_script("recall_probe")``."""
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,7 @@ cache-writing forward with grad is refused (its recompute would insert the chunk
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -35,8 +33,6 @@ from fademem.pipeline.finetune_lora import add_lora, lora_targets
 from fademem.wan.model import CausalWanModel, WanConfig
 from fademem.wan.sampling import FlowSchedule
 from tests.test_finetune import SPEC, tiny_bundle
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _lora_bundle():
@@ -161,10 +157,8 @@ def test_cli_grad_checkpoint_is_recorded(tmp_path):
     assert rec["grad_checkpoint"] is True
 
 
-def test_real_size_step_benchmark_tiny_mode(tmp_path):
-    spec = importlib.util.spec_from_file_location("finetune_wan_step", ROOT / "benchmarks" / "finetune_wan_step.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_real_size_step_benchmark_tiny_mode(tmp_path, benchmark_script):
+    bench = benchmark_script("finetune_wan_step")
     out = tmp_path / "ft.json"
     lines = []
     rep = bench.main(["--config", "tiny", "--device", "cpu", "--history-seconds", "2", "--steps", "2", "--rank", "8",

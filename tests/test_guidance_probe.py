@@ -3,22 +3,11 @@ paired against freezing and against the last guidance; a distilled model is refu
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("guidance_probe", ROOT / "benchmarks" / "guidance_probe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +23,9 @@ def tiny_teacher(tmp_path_factory):
     return str(path)
 
 
-def test_guidance_probe_scores_each_guidance_on_the_same_episodes(tiny_teacher, tmp_path, monkeypatch, capsys):
-    mod = _module()
+def test_guidance_probe_scores_each_guidance_on_the_same_episodes(tiny_teacher, tmp_path, monkeypatch, capsys,
+                                                                  benchmark_script):
+    mod = benchmark_script("guidance_probe")
     res = mod.probe(tiny_teacher, guidances=(1.0, 3.0), episodes=2, context=3)
     assert set(res) == {"prompts", "freeze", "guidance 1", "guidance 3"}
     assert len(res["prompts"]) == 2 and all(len(res[k]) == 2 for k in ("freeze", "guidance 1", "guidance 3"))
@@ -51,11 +41,11 @@ def test_guidance_probe_scores_each_guidance_on_the_same_episodes(tiny_teacher, 
     assert "guidance 2" in capsys.readouterr().out
 
 
-def test_guidance_probe_refuses_a_distilled_model_and_a_bad_context(tiny_teacher, tmp_path):
+def test_guidance_probe_refuses_a_distilled_model_and_a_bad_context(tiny_teacher, tmp_path, benchmark_script):
     from fademem import embedded
     from fademem.embedded.bundle import SamplingSchedule
 
-    mod = _module()
+    mod = benchmark_script("guidance_probe")
     cfg = embedded.EmbeddedConfig()
     student = tmp_path / "student.safetensors"
     embedded.save(embedded.build(cfg, cfg.dit_config(32, 1, 2, 64), schedule=SamplingSchedule.distilled()), student)

@@ -259,11 +259,8 @@ def test_triton_kernel_matches_the_device_store_under_the_interpreter():
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
 
 
-def test_gpu_check_script_runs_on_the_cpu(tmp_path):
-    path = ROOT / "benchmarks" / "omnimem_offload_check.py"
-    spec = importlib.util.spec_from_file_location("omnimem_offload_check", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_gpu_check_script_runs_on_the_cpu(tmp_path, benchmark_script):
+    mod = benchmark_script("omnimem_offload_check")
     out = tmp_path / "check.json"
     rep = mod.main(["--device", "cpu", "--tiny", "--chunks", "2", "--warmup", "1", "--modes", "device,host",
                     "--out", str(out)])

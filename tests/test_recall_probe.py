@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _probe_module():
-    spec = importlib.util.spec_from_file_location("recall_probe", ROOT / "benchmarks" / "recall_probe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_recall_probe_scores_every_rule(tiny_weights, tmp_path, monkeypatch, capsys):
-    mod = _probe_module()
+def test_recall_probe_scores_every_rule(tiny_weights, tmp_path, monkeypatch, capsys, benchmark_script):
+    mod = benchmark_script("recall_probe")
     res = mod.probe(tiny_weights, sigmas=(0.9,), gaps=(2,), scenes=1, device="cpu")
     assert set(res) == {"panback sigma=0.9", "home sigma=0.9"}
     for rules in res.values():

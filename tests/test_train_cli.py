@@ -4,7 +4,6 @@ before any work starts."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -152,13 +151,11 @@ def test_distilled_teacher_refused(teacher, tmp_path):
     assert res.exit_code == 2 and "distill a flow-matching teacher" in res.output
 
 
-def test_v2_training_script_uses_the_cli_functions():
+def test_v2_training_script_uses_the_cli_functions(benchmark_script):
     script = ROOT / "benchmarks" / "train_embedded_v2.py"
     res = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "--stage" in res.stdout
-    spec = importlib.util.spec_from_file_location("train_embedded_v2", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = benchmark_script("train_embedded_v2")
 
     class Args:
         device, workers, batch, compile, guidance, object_weight, revisit_p = "cpu", 0, 0, False, 1.0, 4.0, 0.3
