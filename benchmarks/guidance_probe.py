@@ -23,8 +23,10 @@ OPENING = 48  # frames: the bench's 6 s opening at 8 fps
 
 
 def _psnr(a: torch.Tensor, t: torch.Tensor) -> list[float]:
-    mse = (a - t).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return (10 * torch.log10(1 / mse)).tolist()
+    """PSNR of each episode's chunk [N, F, H, W, 3] in [0, 1], the MSE over all its frames."""
+    from fademem.metrics import psnr
+
+    return psnr(a.flatten(1, 2), t.flatten(1, 2)).tolist()
 
 
 @torch.no_grad()
@@ -34,7 +36,7 @@ def probe(weights: str, guidances=(1.0, 1.5, 3.0), episodes: int = 12, context: 
     from fademem.embedded import load
     from fademem.embedded.distill import ode_path, teacher_ode, teacher_sigmas
     from fademem.embedded.train import encode_frames, token_mask
-    from fademem.embedded.world import World, tokenize
+    from fademem.embedded.world import World
 
     b = load(weights, device=device)
     if b.schedule.update != "ode":
@@ -43,17 +45,11 @@ def probe(weights: str, guidances=(1.0, 1.5, 3.0), episodes: int = 12, context: 
         raise SystemExit(f"error: --context must be a multiple of 3 in [3, {OPENING}], got {context}")
     model, text, codec = b.model.eval(), b.text.eval(), b.codec
     eps = continuation_episodes(episodes, seed, OPENING, 3, b.cfg.frame_size, b.cfg.fps)
-    vids, ids = [], []
-    for e in eps:
-        world = World(e["prompt"], e["world_seed"], b.cfg.frame_size, b.cfg.fps)
-        vids.append(world.render(context + 3, start=OPENING - context))
-        t = np.zeros(b.cfg.text_len, np.int64)
-        tok = tokenize(e["prompt"])
-        t[:len(tok)] = tok
-        ids.append(t)
+    size, fps = b.cfg.frame_size, b.cfg.fps
+    vids = [World(e["prompt"], e["world_seed"], size, fps).render(context + 3, start=OPENING - context) for e in eps]
     x = torch.from_numpy(np.stack(vids)).float().to(device)
     z = encode_frames(codec, x)
-    ctx = text(torch.from_numpy(np.stack(ids)).to(device))
+    ctx = text(text.tokenize([e["prompt"] for e in eps]).to(device))
     chunks = torch.tensor([i // 3 for i in range(context)] + [context // 3] * 3)
     mask = token_mask({"chunks": chunks}, context, (b.cfg.latent_hw // 2) ** 2, device)
     pos = torch.arange(OPENING - context, OPENING + 3, dtype=torch.float32, device=device)
@@ -69,8 +65,7 @@ def probe(weights: str, guidances=(1.0, 1.5, 3.0), episodes: int = 12, context: 
                          ode_path(1.0, teacher_sigmas(b.schedule)), ctx, pos, mask, amp, g)
         zz = z.clone()
         zz[:, :, context:] = x0
-        dec = codec.decode(zz)[:, context:].float()
-        out[f"guidance {g:g}"] = _psnr(dec / 255 if dec.max() > 1.5 else dec, truth)
+        out[f"guidance {g:g}"] = _psnr(codec.decode(zz)[:, context:].float() / 255, truth)  # decode: uint8
     return out
 
 
