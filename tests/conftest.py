@@ -29,6 +29,21 @@ def benchmark_script():
     return load
 
 
+@pytest.fixture()
+def ae():
+    """A tiny latent codec (the real LatentCodec at a tiny config) and the autoencoder module's file functions."""
+    import types
+
+    import fademem.embedded.autoencoder as ae
+
+    cfg = ae.AutoencoderConfig(enc_channels=(8, 8), enc_blocks=(1, 1), dec_channels=(8, 8), dec_blocks=(1, 1),
+                               groups=4)
+    ae_mod = types.SimpleNamespace(**{k: getattr(ae, k) for k in ("codec_state", "codec_from_state", "save_codec",
+                                                                   "load_codec", "LatentCodec")})
+    ae_mod.make_codec = lambda: ae.LatentCodec(cfg).eval().requires_grad_(False)
+    return ae_mod
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on busy CI machines (40x here).
