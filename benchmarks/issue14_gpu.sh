@@ -12,10 +12,11 @@
 #   bash benchmarks/issue14_gpu.sh teacher|critic|distill  # one training lease of ISSUE14_MINUTES (7.6) that
 #                                               # resumes training/embedded_v2/<stage> (the student: from the
 #                                               # teacher); the weights come back in $OUT, split in 15 MiB parts
-#                                               # over the device's 16 MiB per file: cat $OUT/X.part_* > X
-# The tracked tree with the teacher, the shipped student and the shipped compressor is over the device's
-# 64 MiB: move fademem/assets/compressor.safetensors out of the checkout for a training call, and
-# training/embedded_v2/teacher.safetensors for a benchmark call (training/embedded_v2/README.md).
+#                                               # over the device's 16 MiB per file: cat $OUT/X.part_* > X;
+#                                               # distill with ISSUE14_RESUME=1 continues the student there
+# The tracked tree with the teacher, the candidate student, the shipped student and the shipped compressor is
+# over the device's 64 MiB: move the shipped two out of the checkout for a training call, and the teacher and
+# the candidate for a benchmark call (training/embedded_v2/README.md).
 # bench memory writes its report after every finished policy and on SIGINT, and --time-budget skips a
 # policy forecast not to fit, so a call that runs out of time keeps what finished.
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
@@ -44,8 +45,7 @@ case "${1:-bench}" in
     ;;
   teacher|critic|distill)
     # teacher: half revisit batches, the DiT compiled (x1.87 per step on an H200 after ~77 s of compiling,
-    # docs/results/profile_train_step_h200.json; ISSUE14_COMPILE=0 for eager); distill: guidance 3, half revisit,
-    # teacher and student compiled
+    # docs/results/profile_train_step_h200.json; ISSUE14_COMPILE=0 for eager); distill: guidance 3, half revisit
     # (session 11: text-only first chunks x2.5 as often, and the teacher's guidance after context frames 1.5, not 3:
     # a guided teacher bends what it continues; training/embedded_v2/README.md)
     FC=${ISSUE14_FIRST_CHUNK_P:-0.3}
@@ -53,7 +53,10 @@ case "${1:-bench}" in
     [ "$1" = teacher ] && [ "${ISSUE14_COMPILE:-1}" = 1 ] && EXTRA+=(--compile)
     [ "$1" = distill ] && EXTRA=(--guidance 3 --context-guidance "${ISSUE14_CONTEXT_GUIDANCE:-1.5}" --revisit-p 0.5
                                  --first-chunk-p "$FC")
-    [ "$1" = distill ] && [ "${ISSUE14_COMPILE:-1}" = 1 ] && EXTRA+=(--compile)
+    # distill stays eager by default: compiled, a 5.5 min lease made 359 steps (126 s to the first, recompiles
+    # over context lengths, then ~0.35 s per step) against 1,084 eager steps in 6.6 min (session 12)
+    [ "$1" = distill ] && [ "${ISSUE14_COMPILE:-0}" = 1 ] && EXTRA+=(--compile)
+    [ "$1" = distill ] && [ "${ISSUE14_RESUME:-0}" = 1 ] && EXTRA+=(--resume-student)
     M=${ISSUE14_MINUTES:-7.6}
     START=$(mktemp)  # weights older than this were not written by this lease: they do not go back as if they were
     timeout -s INT -k 15 "$(python3 -c "print(int($M * 60 + 90))")" python3 benchmarks/train_embedded_v2.py \

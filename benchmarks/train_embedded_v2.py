@@ -4,7 +4,8 @@ from the files the previous lease committed (issue 14).
     python benchmarks/train_embedded_v2.py --stage ae --minutes 4 --dir training/embedded_v2 --out $OUT
     python benchmarks/train_embedded_v2.py --stage critic --minutes 3 ...
     python benchmarks/train_embedded_v2.py --stage teacher --minutes 9 ...   # continues teacher.safetensors if present
-    python benchmarks/train_embedded_v2.py --stage distill --minutes 9 ...   # from teacher.safetensors (no resume)
+    python benchmarks/train_embedded_v2.py --stage distill --minutes 9 ...   # from teacher.safetensors, or with
+                                                                             # --resume-student student.safetensors
 
 Each stage runs through ``fademem train --stage ...``'s own functions (``fademem.cli.train.options`` /
 ``run_stage``), with this script's lease settings (steps unbounded, a time limit, resume from the file).
@@ -49,9 +50,11 @@ def stage_options(stage: str, d: Path, limit: float, args) -> tuple[Path, dict]:
                     compile=args.compile, first_chunk_p=args.first_chunk_p,
                     extra={"warmup": 300 if init is None else 50}, **arch, **shared)
     else:
-        # fademem.embedded.distill starts the student from the teacher (no resume of a student)
+        # the student starts from the teacher, or (--resume-student) continues student.safetensors if present
         path = d / "student.safetensors"
+        init = str(path) if args.resume_student and path.exists() else None
         o = options("distill", teacher=str(d / "teacher.safetensors"), teacher_steps=16, batch=args.batch or 32,
+                    init=init,
                     checkpoint_every=120, guidance=args.guidance, context_guidance=args.context_guidance,
                     revisit_p=args.revisit_p,
                     compile=args.compile, first_chunk_p=args.first_chunk_p, **shared)
@@ -68,6 +71,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--batch", type=int, default=0)
     ap.add_argument("--compile", action="store_true", help="teacher, distill: torch.compile the DiT(s)")
+    ap.add_argument("--resume-student", action="store_true",
+                    help="distill: continue student.safetensors (distilled from the same teacher) if present")
     ap.add_argument("--object-weight", type=float, default=4.0,
                     help="teacher: extra loss weight on object pixels (weighting biases the prediction towards "
                          "objects: lower it at the end of a run)")

@@ -63,6 +63,19 @@ def test_distill_smoke_saves_a_4step_student(tmp_path):
     with pytest.raises(ValueError, match="distilled-4step"):
         distill(DistillConfig(teacher=str(tmp_path / "student.safetensors"), steps=1, workers=0),
                 tmp_path / "x.safetensors", device="cpu")
+    # a later lease continues the student (init), not the teacher: its first step starts from the saved weights
+    # and the step count adds up
+    info2 = distill(DistillConfig(teacher=str(tmp_path / "teacher.safetensors"), steps=2, batch=2, workers=0,
+                                  max_history=30, pool=4, log_every=1, warmup=1, lr=0.0,
+                                  init=str(tmp_path / "student.safetensors")),
+                    tmp_path / "student2.safetensors", device="cpu", log=lambda *_: None)
+    assert info2["steps_done"] == 2 and info2["steps_total"] == 5
+    s2 = load(tmp_path / "student2.safetensors")
+    for name, p in s.model.state_dict().items():  # lr 0: the continued weights are the saved student's, exactly
+        torch.testing.assert_close(s2.model.state_dict()[name], p)
+    with pytest.raises(ValueError, match="continue a student distilled for"):
+        distill(DistillConfig(teacher=str(tmp_path / "teacher.safetensors"), steps=1, workers=0,
+                              init=str(tmp_path / "teacher.safetensors")), tmp_path / "x.safetensors", device="cpu")
 
 
 def test_distill_compile_wraps_teacher_and_student_forwards(tmp_path, monkeypatch):

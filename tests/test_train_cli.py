@@ -124,7 +124,7 @@ def test_dit_stage_on_a_codec(tmp_path):
     (["--stage", "distill", "--teacher", "/no/such.safetensors"], "file not found"),
     (["--stage", "distill", "--teacher", str(V2 / "critic.safetensors")], "expected an embedded-model bundle"),
     (["--stage", "distill", "--teacher", str(V2 / "teacher.safetensors"), "--init", str(V2 / "teacher.safetensors")],
-     "--init does not apply to --stage distill"),
+     "--init for --stage distill continues a 4-step student"),
     (["--init", str(V2 / "teacher.safetensors"), "--layers", "2"], "cannot be given with --init"),
     (["--codec", str(V2 / "critic.safetensors")], "expected an autoencoder file"),
     (["--stage", "critic", "--init", str(V2 / "autoencoder.safetensors")], "expected a world-critic file"),
@@ -159,10 +159,12 @@ def test_v2_training_script_uses_the_cli_functions(benchmark_script):
 
     class Args:
         device, workers, batch, compile, guidance, object_weight, revisit_p = "cpu", 0, 0, False, 1.0, 4.0, 0.3
-        context_guidance, first_chunk_p = None, 0.12
+        context_guidance, first_chunk_p, resume_student = None, 0.12, False
 
     for stage, want in (("ae", "autoencoder"), ("critic", "critic"), ("teacher", "dit"), ("distill", "distill")):
         path, o = mod.stage_options(stage, V2, 60.0, Args)
         assert o["stage"] == want and o["time_limit"] == 60.0 and path.parent == V2
         if stage in ("teacher", "distill"):
             assert o["revisit_p"] == 0.3 and o["compile"] is False
+        if stage == "distill":  # without --resume-student the student starts from the teacher
+            assert o["init"] is None

@@ -39,7 +39,7 @@ STAGE_DEFAULTS = {
     "critic": {"steps": 20000, "batch": 64, "lr": 2e-3, "workers": 8, "eval_clips": 1024},
     "distill": {"steps": 5000, "batch": 32, "lr": 5e-5, "workers": 4},
 }
-# what --init continues from, per stage (distill builds its student from --teacher)
+# what --init continues from, per stage (distill: a 4-step student; without --init it starts from --teacher)
 INIT_KIND = {"dit": "bundle", "autoencoder": "autoencoder", "critic": "critic"}
 ARCH = ("dim", "layers", "heads", "ffn")  # the DiT architecture: from --init's file when continuing
 
@@ -103,9 +103,6 @@ def validate(stage: str, given: set[str], opts: dict) -> dict:
         if out.get(name) is None:
             out[name] = value
     if stage == "distill":
-        if opts.get("init"):
-            raise click.UsageError("--init does not apply to --stage distill: the student starts from --teacher's "
-                                   "weights (fademem.embedded.distill has no resume); pass the teacher again")
         if not opts.get("teacher"):
             raise click.UsageError("--stage distill needs --teacher FILE (a flow-matching bundle from --stage dit)")
         _need_file(opts["teacher"], "bundle", "--teacher")
@@ -113,6 +110,12 @@ def validate(stage: str, given: set[str], opts: dict) -> dict:
         if sched["kind"] != "flow-matching":
             raise click.BadParameter(f"{opts['teacher']} is a {sched['kind']} model: distill a flow-matching teacher "
                                      "(--stage dit --sample-steps N, N > 4)", param_hint="--teacher")
+        if opts.get("init"):  # a student to continue (else the student starts from the teacher's weights)
+            _need_file(opts["init"], "bundle", "--init")
+            kind = (_bundle_schedule(opts["init"]) or {"kind": "flow-matching"})["kind"]
+            if kind != "distilled-4step":
+                raise click.BadParameter(f"{opts['init']} is a {kind} model: --init for --stage distill continues "
+                                         "a 4-step student (a --stage distill output)", param_hint="--init")
     elif opts.get("init"):
         _need_file(opts["init"], INIT_KIND[stage], "--init")
     if stage == "dit":
@@ -153,7 +156,7 @@ def run_stage(stage: str, out: str | Path, o: dict, log=click.echo) -> dict:
                             seed=o["seed"], max_history=o["max_history"], max_context=o["max_context"],
                             checkpoint_every=o["checkpoint_every"], guidance=o["guidance"],
                             context_guidance=o["context_guidance"], revisit_p=o["revisit_p"], compile=o["compile"],
-                            first_chunk_p=o["first_chunk_p"], **o.get("extra", {}))
+                            first_chunk_p=o["first_chunk_p"], init=o["init"], **o.get("extra", {}))
         return distill(cfg, out, device=device, log=log)
     common = {"device": device, "steps": o["steps"], "batch": o["batch"], "lr": o["lr"],
               "time_limit": o["time_limit"], "seed": o["seed"], "workers": o["workers"], "log": log,
@@ -258,8 +261,8 @@ _nonneg = click.IntRange(min=0)
               help="autoencoder: frames for the latent normalisation statistics [4096].")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--init", default=None, type=click.Path(dir_okay=False),
-              help="Continue from this file of the same stage (dit: a bundle, same architecture; autoencoder / "
-                   "critic: their files).")
+              help="Continue from this file of the same stage (dit: a bundle, same architecture; distill: a "
+                   "4-step student of --teacher; autoencoder / critic: their files).")
 @click.option("--device", default="cuda", show_default=True)
 def train_cmd(out, stage, **opts):
     """Train the embedded model on the procedural world: the DiT (memory-shaped context sampling), its

@@ -72,6 +72,7 @@ class DistillConfig:
     time_limit: float | None = None  # seconds; stop early (and save)
     checkpoint_every: float | None = None  # seconds; also save the (EMA) student this often
     compile: bool = False  # torch.compile teacher and student (dynamic: the context length varies by batch)
+    init: str | None = None  # a 4-step student of this teacher to continue (None: start from the teacher's weights)
 
     def guidance_for(self, n_ctx: int) -> float:
         """The teacher's guidance for a target after ``n_ctx`` context frames."""
@@ -154,8 +155,10 @@ def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print
     student = build(teacher.cfg, teacher.model.config,
                     codec=None if teacher.cfg.codec == "pixel" else teacher.codec, schedule=student_schedule)
     student.cfg = teacher.cfg
-    student.model.load_state_dict(teacher.model.state_dict())
-    student.text.load_state_dict(teacher.text.state_dict())
+    start = _student_start(cfg.init, teacher, student_schedule) if cfg.init else teacher
+    student.model.load_state_dict(start.model.state_dict())
+    student.text.load_state_dict(start.text.state_dict())
+    prior_steps = int(start.info.get("steps_total", start.info.get("steps_done", 0))) if cfg.init else 0
     codec = student.codec
     if isinstance(codec, torch.nn.Module):
         codec.to(device).eval().requires_grad_(False)
@@ -182,6 +185,7 @@ def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print
     def record(steps_done: int) -> dict:
         return {"distill": asdict(cfg), "teacher_schedule": json.loads(teacher.schedule.to_json()),
                 "teacher_info_steps": teacher.info.get("steps_done"), "steps_done": steps_done,
+                "steps_total": prior_steps + steps_done,  # with the steps of the student continued (``init``)
                 "seconds": round(time.time() - t0, 1), "history": history, "codec": student.cfg.codec,
                 "latent": list(latent_shape(student.cfg)), "schedule": json.loads(student_schedule.to_json()),
                 "device": torch.cuda.get_device_name() if device.startswith("cuda") else device}
@@ -230,6 +234,18 @@ def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print
     info = record(step)
     _save_ema(student, params, ema, out, info, student_schedule)  # the EMA weights, as every checkpoint
     return info
+
+
+def _student_start(path: str, teacher, schedule: SamplingSchedule):
+    """The student bundle ``DistillConfig.init`` continues: distilled for ``schedule``, the teacher's shape."""
+    start = load(path)
+    if start.schedule.kind != schedule.kind:
+        raise ValueError(f"init {path} is {start.schedule.describe()}: continue a student distilled for "
+                         f"{schedule.describe()} (or leave init empty to start from the teacher)")
+    if start.model.config != teacher.model.config or start.cfg.codec != teacher.cfg.codec:
+        raise ValueError(f"init {path} is not the teacher's architecture ({start.model.config}, codec "
+                         f"{start.cfg.codec}; the teacher: {teacher.model.config}, codec {teacher.cfg.codec})")
+    return start
 
 
 @torch.no_grad()
