@@ -19,6 +19,7 @@ from fademem.compressor import train as CT
 from fademem.memory import ChunkQuery, MemoryStack, build_memory
 from fademem.memory import compressor as MC
 from fademem.pipeline import VideoPipeline, generator_for_memory
+from fademem.wan.fingerprint import weights_digest
 from fademem.wan.model import CausalWanModel, WanConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -276,7 +277,10 @@ def test_finetuning_trains_lora_and_compressor_through_the_memory(tmp_path):
     base = CausalWanModel(WanConfig.tiny())
     base.load_state_dict({k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k})
     merged = generator_for_memory(base, f"compressor:weights={path}")
-    assert merged is not base
+    assert merged is not base and info.base_digest == weights_digest(base)  # the LoRA records its base
+    other = CausalWanModel(WanConfig.tiny())  # another base model: its LoRA is refused
+    with pytest.raises(ValueError, match="trained on a different base model.*fademem train-compressor"):
+        generator_for_memory(other, f"compressor:weights={path}")
     assert generator_for_memory(base, f"compressor:weights={path},generator_lora=false") is base
     assert generator_for_memory(base, "fademem") is base
     x, ctx = torch.randn(1, 16, 3, 8, 8), torch.randn(1, 16, 32)

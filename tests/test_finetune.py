@@ -22,6 +22,7 @@ from fademem.pipeline.finetune import FinetuneConfig, episode_latents, finetune,
 from fademem.pipeline.finetune_data import EpisodeBatches
 from fademem.pipeline.finetune_lora import add_lora, lora_targets
 from fademem.wan.config import WanConfig
+from fademem.wan.fingerprint import weights_digest
 from fademem.wan.lora import load_lora
 from fademem.wan.sampling import FlowSchedule
 
@@ -237,6 +238,9 @@ def test_resume_continues_from_the_saved_lora(tmp_path):
                            log_every=100, resume=str(tmp_path / "a"))
     rec = finetune(again, tmp_path / "b", bundle=tiny_bundle(), log=lambda *_: None)
     assert rec["rank"] == 4 and rec["steps_done"] == 2 and rec["steps_done_total"] == 5
+    assert rec["base_digest"] == weights_digest(tiny_bundle().model)  # the base it was trained on
+    with pytest.raises(ValueError, match="trained on a different base model.*without --resume"):
+        finetune(again, tmp_path / "d", bundle=tiny_bundle(seed=1), log=lambda *_: None)  # another base: refused
     assert rec["resumed_from"]["steps_done_total"] == 3 and [h["step"] for h in rec["history"]] == [3, 4]
     a, b = load_file(str(tmp_path / "a" / "adapter_model.safetensors")), load_file(str(tmp_path / "b" /
                                                                                        "adapter_model.safetensors"))

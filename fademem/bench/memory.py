@@ -222,6 +222,7 @@ def run_memory(run: MemoryRun, log=print, on_report=None) -> dict:
     during a policy ends the loop: ``interrupted`` says when, and the report covers the finished policies."""
     from fademem import embedded
     from fademem.bench.speed import environment
+    from fademem.pipeline import check_adapter_base
 
     resolved = validate(run)
     device = torch.device(run.device)
@@ -230,6 +231,8 @@ def run_memory(run: MemoryRun, log=print, on_report=None) -> dict:
     t_start = time.perf_counter()
     dtype = getattr(torch, run.dtype)
     bundle = embedded.load(run.weights, device=device, dtype=dtype)
+    for _, spec, _ in resolved:  # a policy's LoRA trained on another base model: refused before any episode
+        check_adapter_base(bundle.model, spec)
     cfg = bundle.cfg
     fps, size = cfg.fps, cfg.frame_size
     num_frames = _frames(run.seconds, fps, "--seconds")

@@ -16,6 +16,8 @@ functions):
    compressed, the window raw, keys rotated at group centres / frame indices. The generator gets a
    peft LoRA on its self-attention projections; LoRA and compressor train together on the
    flow-matching loss of the target chunk (x0 form, noise levels as the embedded model's training).
+   The LoRA's ``LoRAInfo`` records the generator's weights digest (``fademem.wan.fingerprint``):
+   it merges into that base model only.
 
 The history K/V are computed without gradient (the generator's own cache pass does not backpropagate
 either); gradients reach the compressor through the compressed memory and the LoRA through the
@@ -38,6 +40,7 @@ from fademem.compressor.views import GivenViews, compressed_views, history_kv, k
 from fademem.embedded.train import CHUNK
 from fademem.memory.compressor import group_centre, layout
 from fademem.memory.compressor_net import parse_rate
+from fademem.wan.fingerprint import weights_digest
 
 LORA_TARGETS = r".*self_attn\.(q|k|v|o)$"
 
@@ -239,6 +242,7 @@ def finetune(model, text, codec, comp: KVCompressor, cfg: CompressorTrainConfig,
 
     torch.manual_seed(cfg.seed + 1)
     text.eval().requires_grad_(False)
+    base_digest = weights_digest(model)  # the base the LoRA is trained on, recorded in its LoRAInfo
     lora = add_lora(model, cfg.lora_rank)
     model.train()
     comp.requires_grad_(True).train()
@@ -288,7 +292,7 @@ def finetune(model, text, codec, comp: KVCompressor, cfg: CompressorTrainConfig,
             log(f"finetune step {step:5d}  loss {hist[-1]['loss']:.4f}  start {s:4d}  {time.time() - t0:.0f}s")
     model.eval()
     comp.eval().requires_grad_(False)
-    return lora_state(model), LoRAInfo(cfg.lora_rank, float(cfg.lora_rank), [LORA_TARGETS]), hist
+    return lora_state(model), LoRAInfo(cfg.lora_rank, float(cfg.lora_rank), [LORA_TARGETS], base_digest), hist
 
 
 # -- evaluation ------------------------------------------------------------------------------------------------

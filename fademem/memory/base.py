@@ -115,11 +115,14 @@ class GeneratorAdapter:
     (``generate``, the benchmarks) merge it without knowing the policy: a LoRA trained to read this
     memory, as ``{module name: {"A": [r, in], "B": [out, r]}}`` with its ``alpha`` (merged as
     ``W + alpha / r * B @ A``), or, with ``lora`` None, the LoRA file or adapter directory at ``source``
-    (read by the generators' LoRA loader). ``source`` names where it came from (for error messages)."""
+    (read by the generators' LoRA loader). ``source`` names where it came from (for error messages);
+    ``base_digest`` / ``retrain``: the base ``lora`` was trained on and how to retrain it (the loader checks)."""
 
     lora: dict[str, dict[str, torch.Tensor]] | None
     alpha: float | None
     source: str
+    base_digest: str | None = None
+    retrain: str | None = None
 
     PEFT_FILES: ClassVar[tuple[str, str]] = ("adapter_config.json", "adapter_model.safetensors")
 

@@ -19,8 +19,9 @@ values at the rate ``"t x h x w"``.
   the K/V width; a model of another size gets a clear error. The file may also hold a generator
   LoRA trained to read this memory: generation and the memory benchmark merge it into (a copy of)
   the embedded model when ``generator_lora=true`` (default); the policy itself never touches the
-  model. ``allow_random=true`` builds untrained per-layer compressors (plain span averaging, see
-  ``compressor_net.py``) for tests and plumbing checks.
+  model. The LoRA's metadata records the base it was trained on (``LoRAInfo.base_digest``): merging it
+  into another model is an error. ``allow_random=true`` builds untrained per-layer compressors (plain
+  span averaging, see ``compressor_net.py``) for tests and plumbing checks.
 * Prompt switches recompute only the raw recent frames (compressed groups keep their K/V).
 """
 
@@ -47,6 +48,9 @@ from fademem.memory.window import check_int
 from fademem.rope import apply_rotary
 
 _COMPRESSORS: dict[tuple, KVCompressor] = {}  # one module per (file or random config, device)
+# how to retrain the generator LoRA of a compressor file for another base model (its base-model check's error)
+RETRAIN = ("`fademem train-compressor --weights MODEL.safetensors --out FILE` (with the options of its 'info' "
+           "metadata), then compressor:weights=FILE")
 
 
 def layout(frames_seen: int, window: int, t: int, budget: int) -> tuple[range, range]:
@@ -163,7 +167,8 @@ class CompressorMemory(Memory):
         for name, t in f.lora.items():
             module, _, ab = name.rpartition(".lora_")
             pairs.setdefault(module, {})[ab.split(".")[0]] = t
-        return GeneratorAdapter(pairs, float(f.lora_info.alpha), self.weights_path)
+        return GeneratorAdapter(pairs, float(f.lora_info.alpha), self.weights_path, f.lora_info.base_digest,
+                                RETRAIN)
 
     @property
     def weights_path(self) -> str | None:

@@ -272,6 +272,7 @@ class LoRAInfo:
     rank: int
     alpha: float
     targets: list[str] = field(default_factory=list)
+    base_digest: str | None = None  # weights digest of the generator it was trained on (fademem.wan.fingerprint)
 
 
 @dataclass

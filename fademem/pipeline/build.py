@@ -108,7 +108,8 @@ def embedded_trained_frames(bundle, frames_per_chunk: int = 3) -> int | None:
 def generator_for_memory(model, memory):
     """The generator to run with ``memory`` (a spec or a built memory): ``model`` itself, or a copy
     with the changes the policy declares through ``Memory.generator_adapter()`` (e.g. a LoRA
-    trained to read that memory) merged in. No policy is named here."""
+    trained to read that memory) merged in. No policy is named here. A LoRA trained on another base
+    model than ``model`` is a ValueError (``fademem.wan.fingerprint``), raised before the copy."""
     import copy
 
     from fademem.memory import build_memory
@@ -118,6 +119,36 @@ def generator_for_memory(model, memory):
     adapter = mem.generator_adapter()
     if adapter is None:
         return model
+    check_adapter_base(model, adapter)
     if adapter.lora is None:  # a LoRA file / adapter directory: the loader `generate --lora` uses
         return load_lora(copy.deepcopy(model), adapter.source)
-    return merge_lora_pairs(copy.deepcopy(model), adapter.lora, {"lora_alpha": adapter.alpha}, source=adapter.source)
+    return merge_lora_pairs(copy.deepcopy(model), adapter.lora, _adapter_config(adapter), source=adapter.source,
+                            retrain=adapter.retrain)
+
+
+def _adapter_config(adapter) -> dict:
+    """A ``GeneratorAdapter``'s LoRA as the loader reads an adapter config: alpha and the base-model record."""
+    return {"lora_alpha": adapter.alpha, "fademem": {"base_digest": adapter.base_digest}}
+
+
+def check_adapter_base(model, adapter) -> None:
+    """ValueError when the LoRA of ``adapter`` (a ``GeneratorAdapter``, or a spec / memory declaring one) was
+    trained on another base model than ``model`` (nothing merged; None or an adapter without a record: no
+    check). Runs before long work (benchmarks check every policy up front); the merge checks again."""
+    from fademem.memory import build_memory
+    from fademem.wan.fingerprint import check_base, recorded_digest
+
+    if isinstance(adapter, str) or hasattr(adapter, "generator_adapter"):
+        adapter = (build_memory(adapter) if isinstance(adapter, str) else adapter).generator_adapter()
+    if adapter is None:
+        return
+    if adapter.lora is None:  # a LoRA directory (or file): the adapter_config.json there records the base
+        import json
+        from pathlib import Path
+
+        src = Path(adapter.source)
+        path = (src if src.is_dir() else src.parent) / "adapter_config.json"
+        acfg = json.loads(path.read_text()) if path.is_file() else {}
+        check_base(model, recorded_digest(acfg), adapter.source)
+    else:
+        check_base(model, adapter.base_digest, adapter.source, adapter.retrain)

@@ -67,6 +67,7 @@ from fademem.pipeline.finetune_lora import (
     read_adapter,
     save_lora,
 )
+from fademem.wan.fingerprint import RECORD_KEY, check_base, recorded_digest, weights_digest
 from fademem.wan.sampling import FlowSchedule
 
 
@@ -325,11 +326,14 @@ def finetune(cfg: FinetuneConfig, out: str | Path, bundle: EmbeddedBundle | None
     model = bundle.model.eval()
     rank, alpha, names = cfg.lora()
     targets = lora_targets(model, names)
+    base_digest = weights_digest(model)  # the base this LoRA is trained on, recorded (fademem.wan.fingerprint)
     before: dict = {}
     if cfg.resume is not None:  # across sessions: the saved LoRA's shape wins; AdamW's moments start afresh
         saved, pairs = read_adapter(cfg.resume)
         rank, alpha, targets = int(saved["r"]), float(saved["lora_alpha"]), list(saved["target_modules"])
         before = saved.get("fademem") or {}
+        check_base(model, recorded_digest(saved), str(cfg.resume), "`fademem finetune --weights MODEL.safetensors "
+                   "--out DIR` without --resume (a fresh LoRA for this model)", current=base_digest)
     tinfo = _teacher(cfg, bundle, teacher, device)
     pipe = memory_pipeline(bundle)
     n_hist = cfg.history_frames(bundle.cfg.fps)
@@ -380,7 +384,8 @@ def finetune(cfg: FinetuneConfig, out: str | Path, bundle: EmbeddedBundle | None
               if cfg.resume else None,
               "seconds_total": round(time.time() - t0 + float(before.get("seconds_total", before.get("seconds")) or 0),
                                      1),
-              "schedule": json.loads(sched.to_json()) if isinstance(sched, SamplingSchedule) else None}
+              "schedule": json.loads(sched.to_json()) if isinstance(sched, SamplingSchedule) else None,
+              RECORD_KEY: base_digest}
     save_lora(model, out, rank, alpha, targets, record)
     return record
 

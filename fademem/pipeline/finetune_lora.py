@@ -7,7 +7,8 @@ every transformer block (self- and cross-attention q/k/v/o, both FFN layers); ``
 model's default) is rank 16 on the self-attention projections and the FFN. The output is a directory:
 ``adapter_model.safetensors`` (``base_model.model.<module>.lora_A.weight`` / ``.lora_B.weight``, as peft's
 ``save_pretrained`` writes) and ``adapter_config.json`` (``r``, ``lora_alpha``, ``target_modules``, plus the
-fine-tune's record under ``fademem``).
+fine-tune's record under ``fademem``, whose ``base_digest`` fingerprints the model it was trained on: the LoRA
+merges into that model only, see ``fademem.wan.fingerprint``).
 """
 
 from __future__ import annotations

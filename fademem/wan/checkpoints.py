@@ -66,7 +66,8 @@ LoRA adapters are merged at load with peft (``LoraConfig`` + ``get_peft_model``,
 ``set_peft_model_state_dict``, ``merge_and_unload``): W' = W + (alpha / r) * B @ A per targeted
 nn.Linear. Rank comes from the ``lora_A`` tensors, alpha from the ``alpha`` argument, else an
 ``adapter_config.json`` next to the file, else alpha = rank (scale 1: LongLive and FadeMem-FT use
-rank 256, alpha 256).
+rank 256, alpha 256). A LoRA whose ``adapter_config.json`` records the weights digest of the base it
+was trained on (``fademem.base_digest``, :mod:`fademem.wan.fingerprint`) is refused for another base.
 
 Modules
 -------

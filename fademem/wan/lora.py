@@ -1,6 +1,7 @@
 """LoRA adapters: read peft LoRA files (:func:`read_lora`), check them against a model and merge them
 with peft (:func:`load_lora`). The merge rule is described in :mod:`fademem.wan.checkpoints`, which
-re-exports both functions.
+re-exports both functions. A LoRA whose record names the base model it was trained on (its weights digest,
+:mod:`fademem.wan.fingerprint`) merges only into that model.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fademem.wan.checkpoints_files import (
     _read_safetensors,
 )
 from fademem.wan.checkpoints_read import _open
+from fademem.wan.fingerprint import check_base, note_merge, recorded_digest, weights_digest
 
 log = logging.getLogger("fademem.wan.checkpoints")  # one logger for the checkpoint modules, as before the split
 
@@ -82,21 +84,27 @@ def read_lora(path: PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict]
     return pairs, acfg
 
 
-def load_lora(model: nn.Module, path: PathLike, alpha: float | None = None) -> nn.Module:
+def load_lora(model: nn.Module, path: PathLike, alpha: float | None = None, check_base_model: bool = True
+              ) -> nn.Module:
     """Merge the LoRA at ``path`` into ``model`` with peft; returns the model (same object).
 
     Every LoRA module must exist in the model as an ``nn.Linear`` with matching in/out features,
     else :class:`CheckpointError` (the adapter belongs to another model). Rank per module comes
     from ``lora_A``; alpha from ``alpha``, else ``adapter_config.json`` (``lora_alpha``,
-    ``alpha_pattern``), else alpha = rank (scale 1).
+    ``alpha_pattern``), else alpha = rank (scale 1). A LoRA whose ``adapter_config.json`` records the
+    digest of the base it was trained on (``fademem finetune``'s) is refused (ValueError) for another
+    base, before anything is merged; ``check_base_model=False`` (experts) merges it anyway.
     """
     pairs, acfg = read_lora(path)
-    return merge_lora_pairs(model, pairs, acfg, alpha=alpha, source=str(path))
+    return merge_lora_pairs(model, pairs, acfg, alpha=alpha, source=str(path), check_base_model=check_base_model)
 
 
 def merge_lora_pairs(model: nn.Module, pairs: dict[str, dict[str, torch.Tensor]], acfg: dict,
-                     alpha: float | None = None, source: str = "LoRA") -> nn.Module:
-    """Merge ``{module: {"A": lora_A, "B": lora_B}}`` into ``model`` with peft (see :func:`load_lora`)."""
+                     alpha: float | None = None, source: str = "LoRA", *, check_base_model: bool = True,
+                     retrain: str | None = None) -> nn.Module:
+    """Merge ``{module: {"A": lora_A, "B": lora_B}}`` into ``model`` with peft (see :func:`load_lora`).
+    ``acfg["fademem"]["base_digest"]``: the base the LoRA was trained on (checked unless
+    ``check_base_model`` is False; ``retrain`` says how to retrain it, for the error)."""
     from fademem._compat import hf_ready
 
     hf_ready()  # torchvision's CPU/CUDA wheel clash (see fademem._compat)
@@ -130,6 +138,9 @@ def merge_lora_pairs(model: nn.Module, pairs: dict[str, dict[str, torch.Tensor]]
             + "\n".join(bad[:_MAX_LISTED])
             + (f"\n  ... ({len(bad) - _MAX_LISTED} more)" if len(bad) > _MAX_LISTED else "")
         )
+    current = weights_digest(model)  # the base's, before anything is merged
+    if check_base_model:
+        check_base(model, recorded_digest(acfg), source, retrain, current=current)
 
     targets = sorted(pairs)
     rank = max(set(ranks.values()), key=list(ranks.values()).count)
@@ -171,5 +182,6 @@ def merge_lora_pairs(model: nn.Module, pairs: dict[str, dict[str, torch.Tensor]]
     merged = peft_model.merge_and_unload()
     for n, p in merged.named_parameters():
         p.requires_grad_(grad.get(n, p.requires_grad))
+    note_merge(merged, current)
     log.info("%s: merged LoRA into %d modules (rank %d, alpha %g)", path, len(targets), rank, base_alpha)
     return merged
