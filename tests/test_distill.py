@@ -70,6 +70,7 @@ def test_distill_smoke_saves_a_4step_student(tmp_path):
                                   init=str(tmp_path / "student.safetensors")),
                     tmp_path / "student2.safetensors", device="cpu", log=lambda *_: None)
     assert info2["steps_done"] == 2 and info2["steps_total"] == 5
+    assert info["distill"]["stream"] == 0 and info2["distill"]["stream"] != 0  # the continued lease: new batches
     s2 = load(tmp_path / "student2.safetensors")
     for name, p in s.model.state_dict().items():  # lr 0: the continued weights are the saved student's, exactly
         torch.testing.assert_close(s2.model.state_dict()[name], p)

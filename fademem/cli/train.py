@@ -262,7 +262,8 @@ _nonneg = click.IntRange(min=0)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--init", default=None, type=click.Path(dir_okay=False),
               help="Continue from this file of the same stage (dit: a bundle, same architecture; distill: a "
-                   "4-step student of --teacher; autoencoder / critic: their files).")
+                   "4-step student of --teacher; autoencoder / critic: their files). A continued run draws new "
+                   "data, not its first run's again.")
 @click.option("--device", default="cuda", show_default=True)
 def train_cmd(out, stage, **opts):
     """Train the embedded model on the procedural world: the DiT (memory-shaped context sampling), its

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from fademem.embedded.autoencoder import AutoencoderConfig, LatentCodec, load_codec, param_count, save_codec
+from fademem.embedded.train_data import continued_stream, stream_seed
 
 EVAL_SEED = 0xE7A1  # stream key of held-out renders (training streams use other keys)
 
@@ -117,15 +118,16 @@ def train_autoencoder(cfg: AutoencoderConfig | None, out: str | Path | None, *, 
     else:
         cfg = cfg or AutoencoderConfig()
         codec = LatentCodec(cfg)
+    stream = continued_stream(codec) if init is not None else 0  # a continued run draws new frames
     codec.set_stats([0.0] * cfg.latent_channels, [1.0] * cfg.latent_channels)
     codec = codec.to(device).train().requires_grad_(True)
     cuda = device.startswith("cuda")
     opt = torch.optim.AdamW(codec.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
-    loader = DataLoader(FrameBatches(batch, cfg.frame_size, cfg.fps, seed=seed), batch_size=None,
+    loader = DataLoader(FrameBatches(batch, cfg.frame_size, cfg.fps, seed=stream_seed(seed, stream)), batch_size=None,
                         num_workers=workers, persistent_workers=workers > 0,
                         prefetch_factor=4 if workers else None, pin_memory=cuda)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(stream_seed(seed, stream))
     t0, history, step, frames_seen = time.time(), [], 0, 0
     for step, frames in enumerate(loader):
         elapsed = time.time() - t0
@@ -152,7 +154,7 @@ def train_autoencoder(cfg: AutoencoderConfig | None, out: str | Path | None, *, 
     mean, std = latent_stats(codec, stats_frames, batch=min(256, stats_frames))
     codec.set_stats(mean, std)
     info = {"train": {"steps": steps, "batch": batch, "lr": lr, "time_limit": time_limit, "seed": seed,
-                      "workers": workers, "init": str(init) if init else None},
+                      "stream": stream, "workers": workers, "init": str(init) if init else None},
             "steps_done": step, "seconds": round(seconds, 1), "frames_per_s": round(frames_seen / max(seconds, 1e-9)),
             "history": history, "latent_mean_raw": mean, "latent_std_raw": std,
             "params": {"encoder": param_count(codec.encoder), "decoder": param_count(codec.decoder)},

@@ -25,6 +25,7 @@ from fademem.embedded.critic import (
     save_critic,
 )
 from fademem.embedded.critic_labels import OBJECT_HEADS, SCENE_HEADS, clip_labels
+from fademem.embedded.train_data import continued_stream, stream_seed
 from fademem.embedded.world.grammar import sample_scene
 from fademem.embedded.world.render import World
 
@@ -104,10 +105,11 @@ def train_critic(cfg: CriticConfig | None, out: str | Path | None, *, device: st
     torch.manual_seed(seed)
     critic = load_critic(init) if init else WorldCritic(cfg or CriticConfig())
     cfg = critic.cfg
+    stream = continued_stream(critic) if init else 0  # a continued run draws new clips, not its init's again
     critic = critic.to(device).train().requires_grad_(True)
     cuda = device.startswith("cuda")
     opt = torch.optim.AdamW(critic.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
-    loader = DataLoader(ClipBatches(cfg, batch, seed=seed), batch_size=None, num_workers=workers,
+    loader = DataLoader(ClipBatches(cfg, batch, seed=stream_seed(seed, stream)), batch_size=None, num_workers=workers,
                         persistent_workers=workers > 0, prefetch_factor=4 if workers else None, pin_memory=cuda)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
     t0, history, step, clips = time.time(), [], 0, 0
@@ -142,7 +144,7 @@ def train_critic(cfg: CriticConfig | None, out: str | Path | None, *, device: st
     seconds = time.time() - t0
     critic.eval().requires_grad_(False)
     info = {"train": {"steps": steps, "batch": batch, "lr": lr, "time_limit": time_limit, "seed": seed,
-                      "workers": workers}, "steps_done": step, "seconds": round(seconds, 1),
+                      "stream": stream, "workers": workers}, "steps_done": step, "seconds": round(seconds, 1),
             "clips_per_s": round(clips / max(seconds, 1e-9), 1), "history": history, "params": param_count(critic),
             "device": torch.cuda.get_device_name() if cuda else device}
     if eval_clips:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from fademem.embedded.bundle import SamplingSchedule, build, latent_shape, load
 from fademem.embedded.train import TrainConfig, WorldBatches, _save_ema, degrade, encode_frames, optimise, token_mask
+from fademem.embedded.train_data import continued_stream, stream_seed
 from fademem.wan.sampling import FlowSchedule
 
 
@@ -73,13 +74,15 @@ class DistillConfig:
     checkpoint_every: float | None = None  # seconds; also save the (EMA) student this often
     compile: bool = False  # torch.compile teacher and student (dynamic: the context length varies by batch)
     init: str | None = None  # a 4-step student of this teacher to continue (None: start from the teacher's weights)
+    stream: int | None = None  # data and noise streams (as TrainConfig.stream): None = 0 from the teacher, else
+    #   one of the continued student's own, so a continued lease does not replay the first one's batches
 
     def guidance_for(self, n_ctx: int) -> float:
         """The teacher's guidance for a target after ``n_ctx`` context frames."""
         return self.guidance if n_ctx == 0 or self.context_guidance is None else self.context_guidance
 
     def data_config(self) -> TrainConfig:
-        return TrainConfig(batch=self.batch, seed=self.seed, workers=self.workers, pool=self.pool,
+        return TrainConfig(batch=self.batch, seed=self.seed, stream=self.stream, workers=self.workers, pool=self.pool,
                            refresh=self.refresh, max_history=self.max_history, max_context=self.max_context,
                            compact_p=self.compact_p, context_noise=self.context_noise, degrade_p=self.degrade_p,
                            revisit_p=self.revisit_p, revisit_swap_p=self.revisit_swap_p,
@@ -159,6 +162,9 @@ def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print
     student.model.load_state_dict(start.model.state_dict())
     student.text.load_state_dict(start.text.state_dict())
     prior_steps = int(start.info.get("steps_total", start.info.get("steps_done", 0))) if cfg.init else 0
+    if cfg.stream is None:
+        cfg = replace(cfg, stream=continued_stream(start.model) if cfg.init else 0)
+    seed = stream_seed(cfg.seed, cfg.stream)
     codec = student.codec
     if isinstance(codec, torch.nn.Module):
         codec.to(device).eval().requires_grad_(False)
@@ -179,7 +185,7 @@ def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print
                         pin_memory=device.startswith("cuda"))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast(
         "cpu", enabled=False)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     t0, last_ckpt, history, step = time.time(), time.time(), [], 0
 
     def record(steps_done: int) -> dict:
@@ -203,7 +209,7 @@ def distill(cfg: DistillConfig, out: str | Path, device: str = "cuda", log=print
             x0 = torch.cat([encode_frames(codec, degrade(frames[:, :n_ctx], n_ctx, cfg.degrade_p, gen)),
                             x0[:, :, n_ctx:]], dim=2)
         b, f = x0.shape[0], x0.shape[2]
-        k = int(torch.randint(len(s_levels), (1,), generator=torch.Generator().manual_seed(cfg.seed * 7919 + step)))
+        k = int(torch.randint(len(s_levels), (1,), generator=torch.Generator().manual_seed(seed * 7919 + step)))
         s_k = s_levels[k]
         ctx_sig = cfg.context_noise * torch.rand(b, 1, device=device, generator=gen)
         noise = torch.randn(x0.shape, device=device, generator=gen)

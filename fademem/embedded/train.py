@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -51,7 +51,15 @@ from fademem.embedded.bundle import (
     save,
 )
 from fademem.embedded.bundle import load as load_bundle
-from fademem.embedded.train_data import CHUNK, WorldBatches, context_rule, data_throughput, random_world  # noqa: F401 (API)
+from fademem.embedded.train_data import (  # noqa: F401 (API)
+    CHUNK,
+    WorldBatches,
+    context_rule,
+    continued_stream,
+    data_throughput,
+    random_world,
+    stream_seed,
+)
 from fademem.wan.sampling import FlowSchedule
 
 
@@ -70,6 +78,9 @@ class TrainConfig:
     compact_p: float = 0.25
     schedule_p: float = 0.7  # share of targets at the sampler's own noise levels
     seed: int = 0
+    stream: int | None = None  # data and noise streams: None = 0 for a fresh run, and for one continued from
+    #   ``init`` a stream of its own (from init's weights), so each GPU lease sees new data instead of replaying
+    #   the first lease's (session 12: every lease had restarted at seed 0)
     workers: int = 4
     pool: int = 96  # worlds kept per data worker
     refresh: int = 4  # worlds replaced per batch
@@ -307,6 +318,8 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) ->
         raise ValueError(f"first_chunk_p must be in [0, 1], got {cfg.first_chunk_p}")
     torch.manual_seed(cfg.seed)
     bundle = build_for_training(cfg)
+    if cfg.stream is None:
+        cfg = replace(cfg, stream=continued_stream(bundle.model) if cfg.init else 0)
     ecfg = bundle.cfg
     schedule = training_schedule(cfg)
     bundle.schedule = schedule
@@ -335,7 +348,7 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", log=print) ->
                 "schedule": json.loads(schedule.to_json()),
                 "device": torch.cuda.get_device_name() if device.startswith("cuda") else device}
 
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, cfg.stream))
     for step, batch in enumerate(loader):
         if step >= cfg.steps or (cfg.time_limit and time.time() - t0 > cfg.time_limit):
             break

@@ -141,6 +141,20 @@ def frame_and_objects(world, t: int) -> tuple[np.ndarray, np.ndarray]:
     return frame, (top >= 0) & (top < len(world.layout.objects))
 
 
+def stream_seed(seed: int, stream: int | None) -> int:
+    """The seed of a run's random streams: ``seed`` itself for stream 0 (a fresh run), else one mixed with
+    ``stream`` (a continued run), so a run continued from a checkpoint does not replay its data and noise."""
+    return seed if not stream else int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
+
+
+def continued_stream(model: torch.nn.Module) -> int:
+    """The stream of a run continued from ``model``: from its weights' digest, new for every checkpoint and
+    the same for the same one (reproducible)."""
+    from fademem.wan.fingerprint import weights_digest
+
+    return int(weights_digest(model).split(":")[1][:8], 16) or 1
+
+
 class WorldBatches(IterableDataset):
     """Endless batches rendered on the fly; each worker draws from its own seeded stream."""
 
@@ -149,7 +163,8 @@ class WorldBatches(IterableDataset):
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.cfg.seed, info.id if info else 0])
+        stream = getattr(self.cfg, "stream", None)  # a continued run draws new data (TrainConfig.stream)
+        rng = np.random.default_rng([self.cfg.seed, info.id if info else 0] + ([stream] if stream else []))
         cfg = self.cfg
 
         def new_world():
