@@ -12,6 +12,7 @@ import copy
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from fademem.wan.lora import load_lora
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FT = "fademem:budget=12,lora=shipped"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +133,28 @@ def test_bench_memory_refuses_before_any_episode(model, other, monkeypatch):
     with pytest.raises(ValueError, match="trained on a different base model"):
         bench_memory.run_memory(bench_memory.MemoryRun(policies=["window", FT], episodes=1, seconds=2.0,
                                                        opening_seconds=1.0, progress=False), log=lambda *_: None)
+
+
+def test_eval_run_refuses_before_any_video(other, tmp_path):
+    """``fademem eval run`` on a model the FT LoRA was not trained on: a clean error before any job runs."""
+    from click.testing import CliRunner
+    from safetensors.torch import save_file
+
+    from fademem.cli import main
+    from fademem.embedded import default_path as shipped
+
+    weights = tmp_path / "other.safetensors"  # the shipped file with the moved DiT weights
+    with safe_open(str(shipped()), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    moved = {f"dit.{k}": v for k, v in other.state_dict().items()}
+    assert set(moved) <= set(tensors)
+    save_file({k: moved.get(k, v).to(v.dtype).contiguous() for k, v in tensors.items()}, str(weights), metadata=meta)
+    (tmp_path / "prompts.txt").write_text(
+        "a large red circle bouncing over a striped blue background , camera pans right and returns after 8 seconds\n")
+    res = CliRunner().invoke(main, ["eval", "run", "--prompts", str(tmp_path / "prompts.txt"), "--memory", FT,
+                                    "--seeds", "0", "--seconds", "0.5", "--store", str(tmp_path / "s.sqlite"),
+                                    "--videos", str(tmp_path / "videos"), "--embedded-weights", str(weights),
+                                    "--critic", str(ROOT / "training/embedded_v2/critic.safetensors"),
+                                    "--device", "cpu", "--no-progress"])
+    assert res.exit_code != 0 and "trained on a different base model" in res.output, res.output
+    assert "jobs" not in res.output  # refused before the jobs were even listed, not at the spec's first video

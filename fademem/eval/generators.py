@@ -43,6 +43,11 @@ class EmbeddedGenerator:
     def checkpoint_hash(self) -> str:
         return file_hash([self.path])
 
+    @property
+    def base_model(self):
+        """The plain DiT the specs' adapters merge into (their base-model check)."""
+        return self.bundle.model
+
     def check_prompts(self, prompts: list[str]) -> None:
         for i, p in enumerate(prompts):
             try:
@@ -112,6 +117,11 @@ class WanGenerator:
 
     def checkpoint_hash(self) -> str:
         return file_hash(self.files)
+
+    @property
+    def base_model(self):
+        """The plain DiT (with ``lora`` merged) the specs' adapters merge into (their base-model check)."""
+        return self.pipe.model
 
     def check_prompts(self, prompts: list[str]) -> None:
         return None

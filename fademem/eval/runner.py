@@ -197,6 +197,7 @@ def run_eval(run: EvalRun, log=print) -> dict:
     """Run (this rank's share of) the pending jobs; returns {"rank", "world", "jobs", "pending", "done"}."""
     import fademem
     from fademem.eval.scorer import Scorer
+    from fademem.pipeline import check_adapter_base
     from fademem.pipeline.video_io import VideoWriter
 
     prompts = validate(run)
@@ -208,6 +209,8 @@ def run_eval(run: EvalRun, log=print) -> dict:
     gen = _generator(run, device)
     try:
         gen.check_prompts(prompts)
+        for spec in dict.fromkeys(run.specs):  # a policy's LoRA trained on another base: refused before any video
+            check_adapter_base(gen.base_model, spec)
         small = [d for d in ("motion_smoothness", "dynamic_degree") if d in run.dimensions]
         if run.weights_dir is not None and small and min(int(x) for x in gen.size.split("x")) < 128:
             raise ValueError(f"{', '.join(small)} need frames of at least 128 x 128 pixels (RAFT, AMT-S); "
