@@ -18,7 +18,6 @@ t intervals over batches.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -70,13 +69,9 @@ def schedule_levels(schedule, n: int = LEVELS) -> list[float]:
 
 def _codec_key(codec) -> str:
     """Checkpoints of one run share a frozen codec: its latents are encoded once."""
-    if not isinstance(codec, torch.nn.Module):
-        return "pixel"
-    h = hashlib.sha1()
-    for k, v in sorted(codec.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().float().numpy().tobytes())
-    return h.hexdigest()
+    from fademem.wan.fingerprint import weights_digest
+
+    return weights_digest(codec) if isinstance(codec, torch.nn.Module) else "pixel"
 
 
 def _inputs(batches: list[dict], seed: int, degrade_p: float, context_noise: float) -> list[dict]:
@@ -129,9 +124,7 @@ def batch_errors(bundle, batch: dict, z: torch.Tensor, ctx_sig: torch.Tensor, no
 def _load(path: str, device):
     from fademem.embedded.bundle import load
 
-    if not Path(path).is_file():
-        raise SystemExit(f"error: weights file not found: {path}")
-    try:
+    try:  # progress() checked that every file exists, before the slow part
         b = load(path, device=device)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None

@@ -163,7 +163,7 @@ class WorldBatches(IterableDataset):
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        stream = getattr(self.cfg, "stream", None)  # a continued run draws new data (TrainConfig.stream)
+        stream = self.cfg.stream  # a continued run draws new data (TrainConfig.stream)
         rng = np.random.default_rng([self.cfg.seed, info.id if info else 0] + ([stream] if stream else []))
         cfg = self.cfg
 

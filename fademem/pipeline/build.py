@@ -143,12 +143,8 @@ def check_adapter_base(model, adapter) -> None:
     if adapter is None:
         return
     if adapter.lora is None:  # a LoRA directory (or file): the adapter_config.json there records the base
-        import json
-        from pathlib import Path
+        from fademem.wan.lora import read_adapter_config
 
-        src = Path(adapter.source)
-        path = (src if src.is_dir() else src.parent) / "adapter_config.json"
-        acfg = json.loads(path.read_text()) if path.is_file() else {}
-        check_base(model, recorded_digest(acfg), adapter.source)
+        check_base(model, recorded_digest(read_adapter_config(adapter.source)), adapter.source)
     else:
         check_base(model, adapter.base_digest, adapter.source, adapter.retrain)

@@ -87,9 +87,7 @@ def check_base(model: nn.Module, recorded: str | None, source: str, retrain: str
     neither ``model``'s nor the one ``model`` had before its first LoRA merge. ``recorded`` None (no record)
     or of another scheme version: not checked. ``retrain``: how to retrain this kind of LoRA (default: the
     FadeMem-FT command). Returns the model's digest (``current`` when given: already computed)."""
-    if recorded is None:
-        return current
-    if not recorded.startswith(VERSION + ":"):
+    if recorded is None or not recorded.startswith(VERSION + ":"):
         return current
     current = current or weights_digest(model)
     if recorded in (current, getattr(model, MERGED_ATTR, None)):

@@ -32,6 +32,13 @@ _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[A-Z
 _LORA_PREFIXES = ("base_model.model.", "base_model.", "model.", "diffusion_model.")
 
 
+def read_adapter_config(path: PathLike) -> dict:
+    """The ``adapter_config.json`` beside a LoRA file (or in its directory); ``{}`` when there is none."""
+    p = Path(path)
+    cfg = (p if p.is_dir() else p.parent) / "adapter_config.json"
+    return _read_json(cfg) if cfg.is_file() else {}
+
+
 def read_lora(path: PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     """Read a LoRA file: ``({module_name: {"A": tensor, "B": tensor}}, adapter_config)``.
 
@@ -53,8 +60,7 @@ def read_lora(path: PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict]
         raw = src.obj["generator_lora"] if "generator_lora" in src.obj else src.obj
         if not isinstance(raw, Mapping):
             raise CheckpointError(f"{p}: 'generator_lora' is a {type(raw).__name__}, not a state dict")
-    base_dir = p if p.is_dir() else p.parent
-    acfg = _read_json(base_dir / "adapter_config.json") if (base_dir / "adapter_config.json").is_file() else {}
+    acfg = read_adapter_config(p)
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     other = []
     for k, v in raw.items():
